@@ -1,0 +1,237 @@
+"""Kernel module -> the two call signatures users have.
+
+- transformers' AttentionInterface: ``attention(module, query, key, value, attention_mask, scaling=None,
+  dropout=0.0, **kwargs) -> (out (B, S, H, D), None)`` with query/key/value in (B, H, S, D). Registered with the
+  flash mask format: ``attention_mask`` is None or a 2-D (B, S_kv) padding mask (1 = token), and packed
+  sequences arrive as ``cu_seq_lens_q/k`` + ``max_length_q/k``; padding goes through the kernel's varlen entry.
+- ``torch.nn.functional.scaled_dot_product_attention``: same arguments, (B, H, S, D).
+
+A flash-attn style kernel module provides ``flash_attn_func`` (flash layout (B, S, H, D), bottom-right causal,
+``window_size``, ``softcap``) and optionally ``flash_attn_varlen_func`` and a ``SUPPORTED`` dict
+(``dtypes``, ``head_dims``, ``backward``, ``device``). Inputs outside ``SUPPORTED`` go to SDPA for that call only,
+with one warning per reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from types import ModuleType
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .fallback import KernelUnavailable
+
+logger = logging.getLogger("kernel_loader")
+_warned: set[str] = set()
+
+
+def _once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(f"kernel_loader: {message}; using sdpa for such calls", stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------------- reference
+
+def torch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                          is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+
+
+def sdpa_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' own SDPA attention (used when a kernel fell back: it is registered with the sdpa mask)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def masked_attention(q, k, v, *, scale: float, causal: bool, window: tuple[int, int] = (-1, -1),
+                     softcap: float = 0.0, key_padding: torch.Tensor | None = None) -> torch.Tensor:
+    """Flash-attn semantics on top of SDPA (or eager math when softcap is set), (B, H, S, D) layout.
+
+    Causal and windows are aligned bottom-right (query i sees key j <= i + Sk - Sq), ``key_padding`` is a (B, Sk)
+    mask of real tokens; rows that see no key give 0, as the flash kernels do.
+    """
+    sq, sk = q.shape[-2], k.shape[-2]
+    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=q.device)[None, :]
+    allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed &= j <= i
+    if window[0] >= 0:
+        allowed &= j >= i - window[0]
+    if window[1] >= 0:
+        allowed &= j <= i + window[1]
+    allowed = allowed[None, None]
+    if key_padding is not None:
+        allowed = allowed & key_padding.bool()[:, None, None, :]
+    empty = ~allowed.any(-1, keepdim=True)
+    allowed = allowed | empty  # avoid NaN rows; they are zeroed below
+    if q.shape[1] != k.shape[1]:
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
+    if softcap and softcap > 0:
+        s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        s = softcap * torch.tanh(s / softcap)
+        s = s.masked_fill(~allowed, float("-inf"))
+        out = torch.matmul(torch.softmax(s, -1), v.float()).to(q.dtype)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
+    return out.masked_fill(empty, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------------- kernel
+
+class FlashKernel:
+    """The checks and calls shared by both signatures for one flash-attn style module."""
+
+    def __init__(self, module: ModuleType, function: str | None, device_type: str):
+        name = function or "flash_attn_func"
+        self.func = getattr(module, name, None)
+        if not callable(self.func):
+            have = ", ".join(n for n in getattr(module, "__all__", dir(module)) if not n.startswith("_"))
+            raise KernelUnavailable(f"kernel module has no function {name!r}; it provides: {have}", stage="adapt")
+        self.varlen = getattr(module, "flash_attn_varlen_func", None)
+        supported = dict(getattr(module, "SUPPORTED", {}) or {})
+        self.dtypes = tuple(supported.get("dtypes", (torch.float16, torch.bfloat16)))
+        self.head_dims = supported.get("head_dims")  # container or None = any
+        self.backward = bool(supported.get("backward", False))
+        self.device_type = supported.get("device", device_type)
+
+    def unsupported(self, q, k, v) -> str | None:
+        """Why this call cannot use the kernel, or None."""
+        if q.device.type != self.device_type:
+            return f"tensors on {q.device.type}, kernel runs on {self.device_type}"
+        if q.dtype not in self.dtypes or k.dtype != q.dtype or v.dtype != q.dtype:
+            return f"dtype {q.dtype} not in {', '.join(str(d) for d in self.dtypes)}"
+        d = q.shape[-1]
+        if v.shape[-1] != d or (self.head_dims is not None and d not in self.head_dims):
+            return f"head dim {d}/{v.shape[-1]} not supported"
+        if q.shape[1] % k.shape[1] if q.dim() == 4 else False:
+            return "query heads not a multiple of key heads"
+        if not self.backward and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            return "gradients requested and this variant is forward-only"
+        return None
+
+    def dense(self, q, k, v, *, scale, causal, window, softcap):
+        """(B, H, S, D) in and out; the kernel takes (B, S, H, D)."""
+        out = self.func(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
+                        v.transpose(1, 2).contiguous(), softmax_scale=scale, causal=causal,
+                        window_size=window, softcap=softcap or 0.0)
+        if isinstance(out, tuple):
+            out = out[0]
+        return out  # (B, S, H, D)
+
+
+def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable, Callable, str]:
+    """(transformers attention fn, sdpa-like fn, mask format) for a loaded kernel module."""
+    kernel = FlashKernel(module, spec.function, device_type)
+    label = str(spec)
+
+    def attention(module_, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
+                  softcap=None, **kwargs):
+        is_causal = kwargs.pop("is_causal", None)
+        if is_causal is None:
+            is_causal = getattr(module_, "is_causal", True)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        window = (-1, -1)
+        if sliding_window:  # transformers' sliding mask: kv > q - sliding_window
+            window = (sliding_window - 1, 0 if is_causal else sliding_window - 1)
+        why = kernel.unsupported(query, key, value)
+        if why is None and kwargs.get("output_attentions"):
+            why = "output_attentions=True needs the attention weights"
+        if why is None and dropout and getattr(module_, "training", False):
+            why = "attention dropout in training"
+        if why is None and attention_mask is not None and attention_mask.dim() != 2:
+            why = f"a {attention_mask.dim()}-D attention mask (the kernel takes padding masks only)"
+        packed = kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None
+        needs_varlen = packed or (attention_mask is not None and not bool(attention_mask.all()))
+        if why is None and needs_varlen and kernel.varlen is None:
+            why = "padding or packed sequences and the kernel has no varlen entry"
+        if why is not None:
+            _once(f"{label}:{why}", f"{label}: {why}")
+            if packed:
+                raise NotImplementedError(f"{label}: packed sequences need the kernel's varlen path ({why})")
+            pad = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
+            out = masked_attention(query, key, value, scale=scale, causal=is_causal, window=window,
+                                   softcap=softcap or 0.0, key_padding=pad)
+            return out.transpose(1, 2).contiguous(), None
+        if packed:
+            out = _packed(kernel, query, key, value, kwargs, scale, is_causal, window, softcap)
+        elif needs_varlen:
+            out = _unpadded(kernel, query, key, value, attention_mask, scale, is_causal, window, softcap)
+        else:
+            out = kernel.dense(query, key, value, scale=scale, causal=is_causal, window=window, softcap=softcap)
+        return out, None
+
+    def sdpa_like(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        why = kernel.unsupported(query, key, value)
+        if why is None and attn_mask is not None:
+            why = "an explicit attn_mask"
+        if why is None and dropout_p:
+            why = "dropout_p > 0"
+        if why is None and is_causal and query.shape[-2] != key.shape[-2]:
+            why = "is_causal with Sq != Sk (torch aligns top-left, flash kernels bottom-right)"
+        if why is None and query.shape[-3] != key.shape[-3] and not enable_gqa:
+            why = "different query/key head counts without enable_gqa"  # torch raises the proper error
+        if why is not None:
+            _once(f"{label}:sdpa:{why}", f"{label}: {why}")
+            return torch_sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
+        s = scale if scale is not None else query.shape[-1] ** -0.5
+        return kernel.dense(query, key, value, scale=s, causal=is_causal, window=(-1, -1),
+                            softcap=0.0).transpose(1, 2)
+
+    attention.__name__ = attention.__qualname__ = f"kernel_loader_attention[{label}]"
+    sdpa_like.__name__ = sdpa_like.__qualname__ = f"kernel_loader_sdpa[{label}]"
+    return attention, sdpa_like, "flash"
+
+
+def _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap):
+    out = kernel.varlen(q, k, v, cu_q, cu_k, int(max_q), int(max_k), softmax_scale=scale, causal=causal,
+                        window_size=window, softcap=softcap or 0.0)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _packed(kernel, query, key, value, kwargs, scale, causal, window, softcap):
+    """Sequences packed into batch 1 (transformers passes cu_seq_lens_*): straight to varlen."""
+    b, hq, sq, d = query.shape
+    if b != 1:
+        raise ValueError(f"packed sequences (cu_seq_lens_q) need batch size 1, got {b}")
+    q = query[0].transpose(0, 1).contiguous()  # (total, H, D)
+    k = key[0].transpose(0, 1).contiguous()
+    v = value[0].transpose(0, 1).contiguous()
+    cu_q = kwargs["cu_seq_lens_q"].to(torch.int32)
+    cu_k = kwargs["cu_seq_lens_k"].to(torch.int32)
+    max_q = kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max())
+    max_k = kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max())
+    out = _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap)
+    return out.unsqueeze(0)  # (1, total, H, D)
+
+
+def _cu(lengths: torch.Tensor) -> torch.Tensor:
+    return F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+
+
+def _unpadded(kernel, query, key, value, mask, scale, causal, window, softcap):
+    """Drop padding tokens (2-D mask, 1 = token), run varlen, scatter back with zeros at padded queries."""
+    b, hq, sq, d = query.shape
+    sk = key.shape[2]
+    mask = mask.bool()
+    if mask.shape != (b, sk):
+        raise ValueError(f"attention_mask has shape {tuple(mask.shape)}; expected (batch, kv_len) = {(b, sk)}")
+    # Queries are the last sq positions of the kv sequence (prefill: all of it; decode: the newest tokens).
+    mask_q = mask[:, -sq:]
+    idx_k = mask.flatten().nonzero().squeeze(1)
+    idx_q = mask_q.flatten().nonzero().squeeze(1)
+    k = key.transpose(1, 2).reshape(b * sk, -1, d)[idx_k]
+    v = value.transpose(1, 2).reshape(b * sk, -1, value.shape[-1])[idx_k]
+    q = query.transpose(1, 2).reshape(b * sq, hq, d)[idx_q]
+    len_k, len_q = mask.sum(1), mask_q.sum(1)
+    out = _call_varlen(kernel, q, k, v, _cu(len_q), _cu(len_k), int(len_q.max()), int(len_k.max()), scale,
+                       causal, window, softcap)
+    full = out.new_zeros(b * sq, hq, out.shape[-1])
+    full[idx_q] = out
+    return full.view(b, sq, hq, -1)

@@ -1,0 +1,252 @@
+"""Pick the build variant of a kernel repo for this machine.
+
+Variant parsing, compatibility rules and preference order are the `kernels` library's
+(``kernels.variants.resolve_variants``: stable ABI > exact torchXY > noarch > universal, CUDA minor <= system);
+we keep its full trace and add two things it leaves to load time: the revision is pinned to a commit before
+anything is listed or downloaded (so the listing and the files come from one snapshot), and the GPU arch check
+against ``metadata.json`` happens here, before any import, moving on to the next compatible variant if it fails.
+
+Online, the Hub is asked; offline (HF_HUB_OFFLINE=1), or when the Hub cannot be reached, only the local cache is
+read. Every failure raises :class:`KernelUnavailable` with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .fallback import KernelUnavailable
+from .spec import KernelSpec
+from .system import SystemInfo
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class VariantDecision:
+    variant: str
+    accepted: bool
+    reason: str | None = None  # why it was rejected (None when accepted)
+
+
+@dataclass
+class Resolution:
+    repo_id: str
+    revision: str  # what was asked for (branch such as v1, tag, or commit)
+    commit: str  # the commit everything was read from
+    variant: str | None  # the chosen variant, None when nothing fits
+    trace: list[VariantDecision] = field(default_factory=list)
+    offline: bool = False  # resolved from the local cache only
+
+    def summary(self, limit: int = 6) -> str:
+        """'have: a (reason); b (reason)' for one-line fallback messages."""
+        rejected = [d for d in self.trace if not d.accepted]
+        parts = [f"{d.variant} ({d.reason})" for d in rejected[:limit]]
+        if len(rejected) > limit:
+            parts.append(f"... {len(rejected) - limit} more")
+        return "have: " + ("; ".join(parts) if parts else "no variants at all")
+
+
+def cache_dir() -> str:
+    """Where kernels live: KERNELS_CACHE if set (as the `kernels` client does), else the HF hub cache."""
+    from huggingface_hub import constants
+
+    return os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def hub_api():
+    from huggingface_hub import HfApi
+
+    from . import __version__
+
+    return HfApi(library_name="kernel-loader", library_version=__version__)
+
+
+def repo_cache_path(repo_id: str) -> Path:
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="kernel")
+
+
+def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None) -> Resolution:
+    """Resolve ``spec`` on ``system``; online unless offline mode is on or the Hub is unreachable."""
+    if offline is None:
+        offline = hub_offline()
+    if offline:
+        return _resolve_cached(spec, system, why="HF_HUB_OFFLINE is set")
+    try:
+        return _resolve_online(spec, system)
+    except _HubUnreachable as e:
+        # A cluster node that lost the Hub still runs what it already has.
+        return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
+
+
+class _HubUnreachable(Exception):
+    pass
+
+
+def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
+    """Run one Hub request, turning the Hub's errors into one-line reasons."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return fn(*args, **kwargs)
+    except RevisionNotFoundError:
+        raise KernelUnavailable(f"revision {spec.revision!r} not found in {spec.repo_id}", stage="resolve")
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise KernelUnavailable(f"repo {spec.repo_id} not found on {hub_endpoint()} (or not accessible with this "
+                                "token)", stage="resolve")
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status is not None and status >= 500 or status == 429:
+            raise _HubUnreachable(f"HTTP {status}")
+        raise KernelUnavailable(f"Hub request for {spec.repo_id} failed: {str(e).splitlines()[0]}", stage="resolve")
+    except OSError as e:  # connection refused, DNS, timeouts (httpx/requests errors derive from OSError or wrap it)
+        raise _HubUnreachable(type(e).__name__)
+    except Exception as e:
+        if type(e).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+            raise _HubUnreachable(type(e).__name__)
+        raise
+
+
+def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:
+    """(branch, commit) for the spec's version, or the newest version when none was asked for."""
+    if not versions:
+        raise KernelUnavailable(f"{spec.repo_id} has no version branches (v1, v2, ...)", stage="resolve")
+    want = spec.version if spec.version is not None else max(versions)
+    if want not in versions:
+        have = ", ".join(f"v{v}" for v in sorted(versions))
+        raise KernelUnavailable(f"{spec.repo_id} has no version v{want}; have: {have}", stage="resolve")
+    return f"v{want}", versions[want]
+
+
+def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
+    from kernels.variants import get_variants
+
+    api = hub_api()
+    if spec.revision is None or spec.version is not None:
+        refs = _hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
+        versions = {}
+        for b in refs.branches:
+            m = re.fullmatch(r"v([1-9][0-9]*)", b.name)
+            if m:
+                versions[int(m.group(1))] = b.target_commit
+        revision, commit = _pick_version(spec, versions)
+    else:
+        revision = spec.revision
+        info = _hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision)
+        commit = info.sha
+    variants = _hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit)
+    resolution = _decide(spec, revision, commit, variants, offline=False)
+    return _check_archs(spec, resolution, system, api=api)
+
+
+def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
+    refs = repo_cache_path(spec.repo_id) / "refs"
+    if spec.revision is not None and _COMMIT_RE.match(spec.revision):
+        return spec.revision, spec.revision
+    if spec.revision is not None and spec.version is None:
+        ref = refs / spec.revision
+        return (spec.revision, ref.read_text().strip()) if ref.is_file() else None
+    versions = {}
+    if refs.is_dir():
+        for p in refs.iterdir():
+            m = re.fullmatch(r"v([1-9][0-9]*)", p.name)
+            if m and p.is_file():
+                versions[int(m.group(1))] = p.read_text().strip()
+    if not versions:
+        return None
+    return _pick_version(spec, versions)
+
+
+def _resolve_cached(spec: KernelSpec, system: SystemInfo, *, why: str) -> Resolution:
+    from kernels.variants import get_variants_local
+
+    found = _cached_revisions(spec)
+    if found is None:
+        raise KernelUnavailable(
+            f"{why} and {spec} is not in the cache {cache_dir()}; run `kernel-loader download {spec}` while online",
+            stage="resolve",
+        )
+    revision, commit = found
+    build = repo_cache_path(spec.repo_id) / "snapshots" / commit / "build"
+    # Only variants whose metadata.json was fully downloaded count as cached.
+    variants = [v for v in get_variants_local(build) if (build / v.variant_str / "metadata.json").is_file()]
+    resolution = _decide(spec, revision, commit, variants, offline=True)
+    return _check_archs(spec, resolution, system, api=None)
+
+
+def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool) -> Resolution:
+    from kernels.variants import VariantAccepted, resolve_variants
+
+    chosen, trace = resolve_variants(variants)
+    return Resolution(
+        repo_id=spec.repo_id,
+        revision=revision,
+        commit=commit,
+        variant=chosen[0].variant_str if chosen else None,
+        trace=[
+            VariantDecision(d.variant.variant_str, True)
+            if isinstance(d, VariantAccepted)
+            else VariantDecision(d.variant.variant_str, False, d.reason)
+            for d in trace
+        ],
+        offline=offline,
+    )
+
+
+def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tuple[str, list[str] | None]:
+    """(backend type, declared archs) from the variant's metadata.json (downloaded alone; it is tiny)."""
+    if api is None:
+        path = repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / variant / "metadata.json"
+    else:
+        path = Path(_hub_call(spec, api.hf_hub_download, res.repo_id, f"build/{variant}/metadata.json",
+                              repo_type="kernel", revision=res.commit, cache_dir=cache_dir()))
+    try:
+        meta = json.loads(path.read_text())
+        backend = meta["backend"]
+        return str(backend.get("type")), backend.get("archs")
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise KernelUnavailable(f"{res.repo_id} variant {variant}: unreadable metadata.json ({e})", stage="resolve")
+
+
+def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) -> Resolution:
+    """Reject accepted CUDA variants whose declared archs exclude this GPU; keep the first that fits."""
+    from kernels.archs import _supports_cuda_capability
+
+    if res.variant is None or system.gpu_capability is None:
+        return res
+    major, minor = (int(x) for x in system.gpu_capability.split("."))
+    trace = list(res.trace)
+    for i, d in enumerate(trace):
+        if not d.accepted:
+            continue
+        backend, archs = _metadata_archs(spec, res, d.variant, api)
+        if backend == "cuda" and archs and not _supports_cuda_capability(archs, (major, minor)):
+            trace[i] = VariantDecision(
+                d.variant, False, f"GPU capability {system.gpu_capability} not in the build's archs {','.join(archs)}")
+            continue
+        res.variant, res.trace = d.variant, trace
+        return res
+    res.variant, res.trace = None, trace
+    return res
