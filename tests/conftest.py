@@ -1,0 +1,216 @@
+"""Shared fixtures: an isolated Hub client environment, a real local Hub (olah), and tiny test kernels.
+
+How the client side is pointed at the local Hub (the choice, and why):
+huggingface_hub copies HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, HF_HUB_OFFLINE, ... into
+``huggingface_hub.constants`` when it is first imported, and kernels copies KERNELS_CACHE into
+``kernels.hf_hub.CACHE_DIR`` the same way. Patching those module attributes after the fact is fragile
+(several modules keep their own copies), so this file sets the environment *at import time*, before any test
+module imports huggingface_hub, kernels or transformers:
+
+- HF_ENDPOINT = http://127.0.0.1:<port>, where <port> is reserved now and the session fixture ``local_hub``
+  starts olah on exactly that port (lazily, only when a test asks for it);
+- HF_HOME, HF_HUB_CACHE, KERNELS_CACHE = fresh per-session temp dirs, so tests never read or write the user's
+  caches and every session starts cold;
+- HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE removed, HF_TOKEN removed (no token is sent to the local Hub),
+  telemetry and implicit tokens disabled, progress bars off.
+
+A test that needs offline behaviour should monkeypatch ``huggingface_hub.constants.HF_HUB_OFFLINE``
+(that is what huggingface_hub and kernels read at call time). If huggingface_hub was somehow imported before
+this file (e.g. by a plugin), ``_sync_constants`` patches the copies it already made.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import hashlib
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+# ------------------------------------------------------------------ client environment (import time)
+# Nothing from kernel_loader is imported above this block: its package may import huggingface_hub.
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="kernel-loader-tests-"))
+atexit.register(shutil.rmtree, _SESSION_DIR, ignore_errors=True)
+
+
+def _reserve_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+HUB_PORT = _reserve_port()
+HUB_ENDPOINT = f"http://127.0.0.1:{HUB_PORT}"
+HUB_ROOT = _SESSION_DIR / "hub"
+
+_ENV = {
+    "HF_ENDPOINT": HUB_ENDPOINT,
+    "HF_HOME": str(_SESSION_DIR / "hf_home"),
+    "HF_HUB_CACHE": str(_SESSION_DIR / "hf_home" / "hub"),
+    "KERNELS_CACHE": str(_SESSION_DIR / "kernels_cache"),
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+}
+os.environ.update(_ENV)
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
+             "HUGGINGFACE_HUB_CACHE", "LOCAL_KERNELS"):
+    os.environ.pop(_var, None)
+
+
+def _sync_constants(endpoint: str = HUB_ENDPOINT) -> None:
+    """Patch the copies huggingface_hub/kernels made if they were imported before this file."""
+    os.environ["HF_ENDPOINT"] = endpoint
+    if "huggingface_hub.constants" in sys.modules:
+        c = sys.modules["huggingface_hub.constants"]
+        c.ENDPOINT = endpoint
+        c.HUGGINGFACE_CO_URL_TEMPLATE = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        c.HF_HOME = _ENV["HF_HOME"]
+        c.HF_HUB_CACHE = c.HUGGINGFACE_HUB_CACHE = _ENV["HF_HUB_CACHE"]
+        c.HF_HUB_OFFLINE = False
+    if "kernels.hf_hub" in sys.modules:
+        sys.modules["kernels.hf_hub"].CACHE_DIR = _ENV["KERNELS_CACHE"]
+    if "kernels.install" in sys.modules:
+        sys.modules["kernels.install"].CACHE_DIR = _ENV["KERNELS_CACHE"]
+
+
+_sync_constants()
+
+
+# ------------------------------------------------------------------ local Hub
+
+
+@pytest.fixture(scope="session")
+def local_hub():
+    """A real olah on HUB_PORT serving a per-session root; huggingface_hub already points at it."""
+    from kernel_loader.hub import start_local_hub
+
+    try:
+        hub = start_local_hub(HUB_ROOT, HUB_PORT)
+    except OSError:  # someone took the reserved port since import: use another and re-point the clients
+        hub = start_local_hub(HUB_ROOT)
+        _sync_constants(hub.endpoint)
+    try:
+        yield hub
+    finally:
+        hub.stop()
+
+
+@pytest.fixture
+def hub_api(local_hub):
+    """An ``HfApi`` bound explicitly to the local Hub (no token)."""
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=local_hub.endpoint, token=False)
+
+
+@pytest.fixture
+def hub_publish(local_hub):
+    """``hub_publish(build_dir, repo_id, version, **kw) -> PublishResult`` into the session Hub."""
+    from kernel_loader.hub import publish_local
+
+    def publish(build_dir, repo_id: str, version: int = 1, **kw):
+        return publish_local(build_dir, repo_id, local_hub.root, version, **kw)
+
+    return publish
+
+
+@pytest.fixture
+def fresh_caches(tmp_path, monkeypatch):
+    """Point the download caches at empty per-test dirs (for tests that must start cold)."""
+    import huggingface_hub.constants as c
+    import kernels.hf_hub
+
+    hub_cache, kernels_cache = tmp_path / "hf_cache", tmp_path / "kernels_cache"
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setenv("KERNELS_CACHE", str(kernels_cache))
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(hub_cache))
+    monkeypatch.setattr(kernels.hf_hub, "CACHE_DIR", str(kernels_cache))
+    if "kernels.install" in sys.modules:
+        monkeypatch.setattr(sys.modules["kernels.install"], "CACHE_DIR", str(kernels_cache))
+    return hub_cache, kernels_cache
+
+
+# ------------------------------------------------------------------ tiny test kernels
+
+TINY_VARIANT = "torch-cpu"  # noarch: accepted by kernels on any torch/CPU
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def make_tiny_kernel(
+    build_dir: Path,
+    *,
+    name: str = "tiny-kernel",
+    variant: str = TINY_VARIANT,
+    value: int = 1,
+    version: int = 1,
+    extra_files: dict[str, str] | None = None,
+    backend: str = "cpu",
+) -> Path:
+    """Write a pure-Python variant at ``build_dir/build/<variant>/`` and return the variant dir.
+
+    The package exposes ``value() -> int`` (returns ``value``) and ``add(a, b)``; metadata.json carries a
+    sha256 digest computed by kernels' own ``Digest.hash_variant``, so it is what a real build would ship.
+    Any existing variant dir is replaced (so removed files really disappear).
+    """
+    from kernels._rust import Digest, DigestAlgorithm, Metadata
+
+    vdir = Path(build_dir) / "build" / variant
+    if vdir.exists():
+        shutil.rmtree(vdir)
+    vdir.mkdir(parents=True)
+    module_id = f"_{name.replace('-', '_')}_{backend}_v{version}_{value}"
+    (vdir / "__init__.py").write_text(
+        f'"""Tiny test kernel {name} ({variant})."""\n'
+        "from .impl import add\n\n"
+        f"VALUE = {value}\n\n\n"
+        "def value() -> int:\n"
+        "    return VALUE\n"
+    )
+    (vdir / "impl.py").write_text("def add(a, b):\n    return a + b\n")
+    for rel, text in (extra_files or {}).items():
+        (vdir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (vdir / rel).write_text(text)
+    digest = Digest.hash_variant(DigestAlgorithm.SHA256, vdir)
+    assert digest.files["impl.py"] == _sha256_b64((vdir / "impl.py").read_bytes())  # what we rely on
+    meta = {
+        "name": name,
+        "id": module_id,
+        "version": version,
+        "license": "Apache-2.0",
+        "backend": {"type": backend},
+        "python-depends": [],
+        "digest": {"algorithm": str(digest.algorithm), "files": dict(digest.files)},
+    }
+    raw = json.dumps(meta, indent=2, sort_keys=True).encode()
+    Metadata.from_bytes(raw)  # fail here, not in the test, if the format drifts
+    (vdir / "metadata.json").write_bytes(raw)
+    return vdir
+
+
+@pytest.fixture
+def tiny_kernel(tmp_path):
+    """Factory: ``tiny_kernel(variant=..., value=...) -> variant dir``; all variants share one build dir,
+    available as ``tiny_kernel.build_dir``."""
+    build_dir = tmp_path / "tiny-build"
+
+    def factory(**kw) -> Path:
+        return make_tiny_kernel(build_dir, **kw)
+
+    factory.build_dir = build_dir
+    return factory
