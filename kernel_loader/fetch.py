@@ -50,7 +50,27 @@ def fetch(spec: KernelSpec, res: Resolution) -> Path:
     except KernelUnavailable:
         discard_variant(path)
         raise
+    if not res.offline and res.revision != res.commit:
+        remember_ref(res)
     return path
+
+
+def remember_ref(res: Resolution) -> None:
+    """Record revision -> commit in the cache's refs/ (the huggingface_hub layout), written atomically.
+
+    We download by commit so the listing and the files come from one snapshot; huggingface_hub only records a
+    ref when it is given a branch name, so without this an offline run could not map 'v1' to the snapshot."""
+    import os
+    import tempfile
+
+    ref = repo_cache_path(res.repo_id) / "refs" / res.revision
+    if ref.is_file() and ref.read_text().strip() == res.commit:
+        return
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".ref-")
+    with os.fdopen(fd, "w") as f:
+        f.write(res.commit)
+    os.replace(tmp, ref)
 
 
 def verify_variant(path: Path) -> None:

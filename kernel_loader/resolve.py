@@ -102,31 +102,33 @@ class _HubUnreachable(Exception):
 
 def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
     """Run one Hub request, turning the Hub's errors into one-line reasons."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import HfHubHTTPError
 
     try:
         return fn(*args, **kwargs)
-    except RevisionNotFoundError:
-        raise KernelUnavailable(f"revision {spec.revision!r} not found in {spec.repo_id}", stage="resolve")
-    except (RepositoryNotFoundError, GatedRepoError):
-        raise KernelUnavailable(f"repo {spec.repo_id} not found on {hub_endpoint()} (or not accessible with this "
-                                "token)", stage="resolve")
     except HfHubHTTPError as e:
         status = getattr(getattr(e, "response", None), "status_code", None)
-        if status is not None and status >= 500 or status == 429:
+        if status in (401, 403, 404):  # mirrors answer a bare 404 for both a missing repo and a missing revision
+            raise KernelUnavailable(_not_found_reason(spec), stage="resolve")
+        if status is None or status >= 500 or status == 429:
             raise _HubUnreachable(f"HTTP {status}")
         raise KernelUnavailable(f"Hub request for {spec.repo_id} failed: {str(e).splitlines()[0]}", stage="resolve")
     except OSError as e:  # connection refused, DNS, timeouts (httpx/requests errors derive from OSError or wrap it)
         raise _HubUnreachable(type(e).__name__)
     except Exception as e:
-        if type(e).__module__.split(".")[0] in ("httpx", "httpcore", "requests", "urllib3"):
+        if type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3"):
             raise _HubUnreachable(type(e).__name__)
         raise
+
+
+def _not_found_reason(spec: KernelSpec) -> str:
+    """Tell a missing repo from a missing revision by asking for the repo's refs."""
+    try:
+        refs = hub_api().list_repo_refs(spec.repo_id, repo_type="kernel")
+    except Exception:
+        return f"repo {spec.repo_id} not found on {hub_endpoint()} (or not accessible with this token)"
+    names = sorted(b.name for b in refs.branches) + sorted(t.name for t in refs.tags)
+    return f"revision {spec.revision!r} not found in {spec.repo_id}; have: {', '.join(names) or 'no refs'}"
 
 
 def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:

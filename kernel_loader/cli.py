@@ -1,0 +1,201 @@
+"""The ``kernel-loader`` command line.
+
+Every command talks to the Hub named by HF_ENDPOINT (the local one from ``kernel-loader hub serve`` or
+huggingface.co) and uses the standard cache (HF_HUB_CACHE, or KERNELS_CACHE if set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict
+
+EXAMPLES = """examples:
+  kernel-loader doctor
+  kernel-loader hub serve --root ./hub --port 8090      # then: export HF_ENDPOINT=http://127.0.0.1:8090
+  kernel-loader build kernel_repos/flash-attn2
+  kernel-loader publish kernel_repos/flash-attn2 --repo kernels-community/flash-attn2 --root ./hub --version 1
+  kernel-loader resolve kernels-community/flash-attn2 --json
+  kernel-loader download kernels-community/flash-attn2@v1
+
+spec strings: [paged|]ORG/NAME[@REVISION][:FUNCTION], e.g. kernels-community/flash-attn2@v1
+environment: HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, HF_HUB_CACHE, KERNELS_CACHE,
+             KERNEL_LOADER_TRUST (orgs or org/name, comma separated), KERNEL_LOADER_STRICT=1
+"""
+
+
+def cmd_resolve(args) -> int:
+    from .fallback import KernelUnavailable
+    from .resolve import hub_offline, resolve
+    from .spec import parse_spec
+    from .system import detect
+
+    spec = parse_spec(args.spec, version=args.version)
+    try:
+        res = resolve(spec, detect())
+    except KernelUnavailable as e:
+        if args.json:
+            print(json.dumps({"spec": args.spec, "error": e.reason, "stage": e.stage}, indent=2))
+        else:
+            print(f"error: {e.reason}", file=sys.stderr)
+        return 1
+    system = detect()
+    if args.json:
+        out = {"spec": str(spec), "repo_id": res.repo_id, "revision": res.revision, "commit": res.commit,
+               "system": system.variant, "offline": res.offline or hub_offline(), "variant": res.variant,
+               "decisions": [asdict(d) for d in res.trace]}
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"{spec}  ->  {res.revision} ({res.commit[:12]})  on {system.variant}"
+              + ("  [from cache]" if res.offline else ""))
+        for d in res.trace:
+            mark = "chosen  " if d.variant == res.variant else ("ok      " if d.accepted else "rejected")
+            print(f"  {mark} {d.variant}" + (f": {d.reason}" if d.reason else ""))
+        if res.variant is None:
+            print("no variant fits this machine; load() would fall back to sdpa", file=sys.stderr)
+    return 0 if res.variant else 1
+
+
+def cmd_download(args) -> int:
+    from .api import load
+
+    loaded = load(args.spec, version=args.version, strict=True)
+    print(f"{loaded.repo_id}@{loaded.revision} ({loaded.commit[:12]}) variant {loaded.variant} verified at "
+          f"{loaded.path}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from huggingface_hub import constants
+
+    from . import __version__
+    from .resolve import cache_dir, hub_endpoint, hub_offline
+    from .system import detect
+    from .trust import allow_list
+
+    info = {
+        "kernel_loader": __version__,
+        **detect().as_dict(),
+        "cache": cache_dir(),
+        "hub_endpoint": hub_endpoint(),
+        "offline": hub_offline(),
+        "token": "set" if constants.HF_TOKEN_PATH and (os.environ.get("HF_TOKEN") or
+                                                         os.path.exists(constants.HF_TOKEN_PATH)) else "none",
+        "trust": list(allow_list()) or "Hub trusted-publisher flag only",
+        "strict": os.environ.get("KERNEL_LOADER_STRICT", "0"),
+    }
+    for mod in ("kernels", "huggingface_hub", "transformers", "olah"):
+        try:
+            from importlib.metadata import version
+
+            info[mod] = version(mod)
+        except Exception:
+            info[mod] = "not installed"
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="kernel-loader",
+        description="Resolve, download, verify, build and publish Hub attention kernels.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    r = sub.add_parser("resolve", help="show the variant chosen for this machine and why each other was rejected")
+    r.add_argument("spec", help="ORG/NAME[@REVISION][:FUNCTION]")
+    r.add_argument("--version", type=int, help="kernel version (Hub branch vN); default: newest")
+    r.add_argument("--json", action="store_true", help="machine-readable output")
+    r.set_defaults(func=cmd_resolve)
+
+    d = sub.add_parser("download", help="download and verify the variant for this machine into the cache")
+    d.add_argument("spec")
+    d.add_argument("--version", type=int)
+    d.set_defaults(func=cmd_download)
+
+    doc = sub.add_parser("doctor", help="torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=cmd_doctor)
+
+    _add_build_and_hub(sub)
+    return p
+
+
+def cmd_build(args) -> int:
+    from .build import run_build
+
+    return run_build(args)
+
+
+def cmd_publish(args) -> int:
+    from .hub import publish_local
+
+    build_dir = args.kernel_dir
+    if (build_dir / "build.toml").is_file() and not (build_dir / "build").is_dir():
+        raise ValueError(f"{build_dir} has no build/ folder yet; run `kernel-loader build {build_dir}` first")
+    result = publish_local(build_dir, args.repo, args.root, args.version, message=args.message,
+                           variants=args.variant or None)
+    state = "committed" if result.changed else "unchanged (same files)"
+    print(f"{result.repo_id} {result.branch} {state}: {result.commit[:12]}  variants: {', '.join(result.variants)}")
+    return 0
+
+
+def cmd_hub_serve(args) -> int:
+    from .hub import serve_forever
+
+    return serve_forever(args.root, args.port)
+
+
+def _add_build_and_hub(sub) -> None:
+    from pathlib import Path
+
+    from .build import add_build_arguments
+
+    b = sub.add_parser("build", help="compile a kernel repo (build.toml) into build/<variant>/ for this machine")
+    add_build_arguments(b)
+    b.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("publish", help="commit built variants to branch vN of a local Hub folder (git)")
+    p.add_argument("kernel_dir", type=Path, help="folder holding build/<variant>/ (a kernel repo after `build`)")
+    p.add_argument("--repo", required=True, help="Hub repo id ORG/NAME, e.g. kernels-community/flash-attn2")
+    p.add_argument("--root", required=True, type=Path, help="local Hub root (what `hub serve --root` serves)")
+    p.add_argument("--version", required=True, type=int, help="kernel version N: published as branch vN")
+    p.add_argument("--variant", action="append", help="publish only this variant (repeatable; default: all)")
+    p.add_argument("-m", "--message", help="commit message")
+    p.set_defaults(func=cmd_publish)
+
+    h = sub.add_parser("hub", help="the embedded local Hub (olah serving a folder of git repos)")
+    hsub = h.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    serve = hsub.add_parser("serve", help="serve --root on 127.0.0.1 until Ctrl-C; prints the HF_ENDPOINT to export")
+    serve.add_argument("--root", required=True, type=Path, help="folder with kernels/<org>/<name> git repos")
+    serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    serve.set_defaults(func=cmd_hub_serve)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except ValueError as e:  # bad input: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from .fallback import KernelUnavailable
+
+        if isinstance(e, KernelUnavailable):
+            print(f"error: {e.reason}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
