@@ -1,0 +1,128 @@
+"""Execute a :class:`BuildPlan` with ninja: one object per source, one shared library.
+
+We write a small ninja file ourselves instead of going through ``torch.utils.cpp_extension.load``: that helper
+builds a Python extension module named after the build (not ``<ops_id>.abi3.so``), imports it into the current
+process, and its ninja writer is private API that changes between torch releases. Ninja still gives us parallel,
+incremental compiles (header dependencies via depfiles) in a build directory that survives between builds.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from .backends import BuildError, BuildPlan, CompileUnit
+
+_STATUS = re.compile(r"^\[(\d+)/(\d+)\] (.*)$")
+
+
+def ninja_binary() -> str:
+    try:
+        import ninja  # the PyPI wheel; works without the venv's bin/ on PATH
+
+        path = Path(ninja.BIN_DIR) / "ninja"
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("ninja")
+    if found is None:
+        raise BuildError("ninja not found; install it with `pip install ninja`")
+    return found
+
+
+def _esc_path(p: str | Path) -> str:
+    """Escape a path for a ninja build line ($, space and colon are special there)."""
+    return str(p).replace("$", "$$").replace(" ", "$ ").replace(":", "$:")
+
+
+def _esc_flags(flags: list[str] | tuple[str, ...]) -> str:
+    """Quote flags for the shell, then escape $ for ninja."""
+    return " ".join(shlex.quote(f) for f in flags).replace("$", "$$")
+
+
+def object_path(unit: CompileUnit) -> str:
+    return f"obj/{unit.src}.o"
+
+
+def write_ninja_file(plan: BuildPlan, kernel_dir: Path, build_dir: Path) -> Path:
+    includes = [f"-I{d}" for d in plan.include_dirs] + [f"-isystem{d}" for d in plan.system_include_dirs]
+    lines = [
+        "ninja_required_version = 1.3",
+        f"cxx = {shlex.quote(plan.cxx)}",
+        f"cflags = {_esc_flags([*plan.cflags, *includes])}",
+        f"ldflags = {_esc_flags(plan.ldflags)}",
+        "",
+        "rule cxx",
+        "  command = $cxx -MMD -MF $out.d $cflags $extra_flags -c $in -o $out",
+        "  depfile = $out.d",
+        "  deps = gcc",
+        "  description = CXX $src",
+        "",
+        "rule link",
+        "  command = $cxx $in -o $out $ldflags",
+        "  description = LINK $out",
+        "",
+    ]
+    objects = []
+    for unit in plan.units:
+        obj = object_path(unit)
+        objects.append(_esc_path(obj))
+        lines.append(f"build {_esc_path(obj)}: {unit.rule} {_esc_path(kernel_dir / unit.src)}")
+        lines.append(f"  extra_flags = {_esc_flags(unit.flags)}")
+        lines.append(f"  src = {unit.src.replace('$', '$$')}")
+    lines.append(f"build {_esc_path(plan.library_name)}: link {' '.join(objects)}")
+    lines.append(f"default {_esc_path(plan.library_name)}")
+    path = build_dir / "build.ninja"
+    text = "\n".join(lines) + "\n"
+    # Rewrite only on change so ninja's own bookkeeping (.ninja_log, .ninja_deps) stays meaningful.
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+    return path
+
+
+def run_ninja(
+    plan: BuildPlan,
+    kernel_dir: Path,
+    build_dir: Path,
+    *,
+    jobs: int | None = None,
+    verbose: bool = False,
+    progress: Callable[[str], None] = print,
+) -> Path:
+    """Compile and link; returns the library path inside ``build_dir``. Raises BuildError with the compiler's output."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    write_ninja_file(plan, kernel_dir, build_dir)
+    cmd = [ninja_binary(), "-C", str(build_dir)]
+    if jobs:
+        cmd.append(f"-j{int(jobs)}")
+    if verbose:
+        cmd.append("-v")
+    env = dict(os.environ, NINJA_STATUS="[%f/%t] ")
+    tail: deque[str] = deque(maxlen=80)  # compiler output kept for the error message
+    steps = 0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            m = _STATUS.match(line)
+            if verbose:
+                progress(f"  {line}")
+            elif m:
+                progress(f"  [{m.group(1)}/{m.group(2)}] {m.group(3)}")
+            steps += bool(m)
+        rc = proc.wait()
+    if rc == 0 and steps == 0:
+        progress(f"  {plan.library_name} is up to date (no source or flag changed)")
+    if rc != 0:
+        failed = [line for line in tail if line.startswith("FAILED:")]
+        what = failed[0][len("FAILED:"):].strip() if failed else "ninja"
+        raise BuildError(f"compile failed ({what}); compiler output:\n" + "\n".join(tail))
+    return build_dir / plan.library_name
