@@ -1,0 +1,56 @@
+"""Publisher side of the demo: build, publish, serve; then run the user side (demo_user.py) against the Hub."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kernel_loader.build import build_variant  # noqa: E402
+from kernel_loader.hub import publish_local, start_local_hub  # noqa: E402
+
+REPO = "kernels-community/flash-attn2"
+
+
+def step(msg: str) -> None:
+    print(f"\n== {msg}", flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--work", type=Path, default=ROOT / ".demo", help="Hub root and cache live here")
+    ap.add_argument("--keep-cache", action="store_true", help="reuse the download cache (default: start cold)")
+    args = ap.parse_args()
+
+    step("1/4 build kernel_repos/flash-attn2 for this machine")
+    t = time.perf_counter()
+    built = build_variant(ROOT / "kernel_repos" / "flash-attn2")
+    print(f"built {built.variant} in {time.perf_counter() - t:.1f}s -> {built.path}")
+
+    step(f"2/4 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")
+    result = publish_local(ROOT / "kernel_repos" / "flash-attn2", REPO, args.work / "hub", 1)
+    print(f"{result.branch} -> {result.commit[:12]} ({'new commit' if result.changed else 'unchanged'}); "
+          f"variants: {', '.join(result.variants)}")
+
+    step("3/4 serve it (olah on 127.0.0.1)")
+    cache = args.work / "cache"
+    if not args.keep_cache:
+        shutil.rmtree(cache, ignore_errors=True)
+    with start_local_hub(args.work / "hub") as hub:
+        print(f"export HF_ENDPOINT={hub.endpoint}")
+        step("4/4 user process: only environment variables point it at the Hub")
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), KERNELS_CACHE=str(cache),
+                   KERNEL_LOADER_TRUST="kernels-community", HF_HUB_DISABLE_TELEMETRY="1")
+        env.pop("HF_HUB_OFFLINE", None)
+        return subprocess.call([sys.executable, str(ROOT / "scripts" / "demo_user.py")], env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
