@@ -8,9 +8,24 @@
 
 __version__ = "0.1.0"
 
-from .api import LoadedKernel, load  # noqa: E402
 from .fallback import KernelFallbackWarning, KernelUnavailable  # noqa: E402
 from .spec import KernelSpec, parse_spec  # noqa: E402
+
+
+def __getattr__(name):
+    # torch and the Hub clients load on first use, so `kernel-loader hub serve` and `--help` start fast.
+    if name == "LoadedKernel":
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kernel_loader' has no attribute {name!r}")
+
+
+def load(spec, *, version=None, strict=None, trust=None):
+    """See :func:`kernel_loader.api.load`."""
+    from .api import load as _load
+
+    return _load(spec, version=version, strict=strict, trust=trust)
 
 
 def sdpa_like(spec, *, version=None, strict=None, trust=None):
