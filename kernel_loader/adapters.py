@@ -8,7 +8,7 @@
 
 A flash-attn style kernel module provides ``flash_attn_func`` (flash layout (B, S, H, D), bottom-right causal,
 ``window_size``, ``softcap``) and optionally ``flash_attn_varlen_func`` and a ``SUPPORTED`` dict
-(``dtypes``, ``head_dims``, ``backward``, ``device``). Inputs outside ``SUPPORTED`` go to SDPA for that call only,
+(``dtypes``, ``head_dims``, ``backward``, ``devices``). Inputs outside ``SUPPORTED`` go to SDPA for that call only,
 with one warning per reason.
 """
 
@@ -99,12 +99,13 @@ class FlashKernel:
         self.dtypes = tuple(supported.get("dtypes", (torch.float16, torch.bfloat16)))
         self.head_dims = supported.get("head_dims")  # container or None = any
         self.backward = bool(supported.get("backward", False))
-        self.device_type = supported.get("device", device_type)
+        devices = supported.get("devices") or supported.get("device") or device_type
+        self.devices = (devices,) if isinstance(devices, str) else tuple(devices)
 
     def unsupported(self, q, k, v) -> str | None:
         """Why this call cannot use the kernel, or None."""
-        if q.device.type != self.device_type:
-            return f"tensors on {q.device.type}, kernel runs on {self.device_type}"
+        if q.device.type not in self.devices:
+            return f"tensors on {q.device.type}, kernel runs on {'/'.join(self.devices)}"
         if q.dtype not in self.dtypes or k.dtype != q.dtype or v.dtype != q.dtype:
             return f"dtype {q.dtype} not in {', '.join(str(d) for d in self.dtypes)}"
         d = q.shape[-1]

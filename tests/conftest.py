@@ -214,3 +214,41 @@ def tiny_kernel(tmp_path):
 
     factory.build_dir = build_dir
     return factory
+
+
+# ------------------------------------------------------------------ the real compiled kernel
+
+FLASH_ATTN2_DIR = REPO_ROOT / "kernel_repos" / "flash-attn2"
+FLASH_ATTN2_REPO = "kernels-community/flash-attn2"
+
+
+@pytest.fixture(scope="session")
+def built_flash_attn2(tmp_path_factory):
+    """The CPU flash-attn2 variant compiled once per session (ninja reuses objects between sessions) into a
+    session folder laid out like a kernel repo (``<dir>/build/<variant>/``)."""
+    from kernel_loader.build import build_variant
+
+    out = tmp_path_factory.mktemp("flash-attn2-build")
+    built = build_variant(FLASH_ATTN2_DIR, out_dir=out / "build", progress=lambda _msg: None)
+    return built
+
+
+@pytest.fixture(scope="session")
+def published_flash_attn2(local_hub, built_flash_attn2, session_env_trust):
+    """Repo id of the real CPU flash-attn2 kernel published as v1 on the session's local Hub."""
+    from kernel_loader.hub import publish_local
+
+    publish_local(built_flash_attn2.path.parent.parent, FLASH_ATTN2_REPO, local_hub.root, 1)
+    return FLASH_ATTN2_REPO
+
+
+@pytest.fixture(scope="session")
+def session_env_trust():
+    """The local Hub has no trusted-publisher flag: trust the demo org for the whole session."""
+    old = os.environ.get("KERNEL_LOADER_TRUST")
+    os.environ["KERNEL_LOADER_TRUST"] = "kernels-community" + (f",{old}" if old else "")
+    yield
+    if old is None:
+        os.environ.pop("KERNEL_LOADER_TRUST", None)
+    else:
+        os.environ["KERNEL_LOADER_TRUST"] = old

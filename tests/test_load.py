@@ -22,7 +22,7 @@ from kernel_loader.hub import publish_local
 PY_FLASH = '''
 import torch
 
-SUPPORTED = {"dtypes": (torch.float32,), "head_dims": None, "backward": True, "device": "cpu"}
+SUPPORTED = {"dtypes": (torch.float32,), "head_dims": None, "backward": True, "devices": ("cpu",)}
 CALLS = []
 
 
