@@ -246,3 +246,14 @@ def test_supported_and_public_api(flash_attn2):
     assert set(flash_attn2.__all__) >= {"flash_attn_func", "flash_attn_varlen_func"}
     assert flash_attn2.SUPPORTED["dtypes"] == (torch.float32, torch.bfloat16)
     assert 128 in flash_attn2.SUPPORTED["head_dims"] and 12 not in flash_attn2.SUPPORTED["head_dims"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_strided_inputs_from_bhsd_layout(flash_attn2, isa, dtype):
+    """(B, H, S, D) tensors viewed as (B, S, H, D) by transpose: only the last dim is contiguous."""
+    gen = torch.Generator().manual_seed(5)
+    qh, kh, vh = (rand(2, 4, 90, 64, dtype=dtype, gen=gen) for _ in range(3))
+    q, k, v = (t.transpose(1, 2) for t in (qh, kh, vh))
+    out = flash_attn2.flash_attn_func(q, k, v, causal=True)
+    assert out.is_contiguous()
+    torch.testing.assert_close(out.double(), reference(q, k, v, 64 ** -0.5, True)[0], **TOL[dtype])
