@@ -1,0 +1,232 @@
+"""Route transformers' hub-kernel ``attn_implementation`` strings through kernel_loader.
+
+What is hooked, and why there
+-----------------------------
+In transformers 5.22.x and 5.23.x both public entry points reach a hub kernel through one function:
+
+    from_pretrained(..., attn_implementation="org/repo")   -> PreTrainedModel.__init__
+    model.set_attn_implementation("org/repo")               -> (directly)
+        -> PreTrainedModel._check_and_adjust_attn_implementation      (is_kernel(...) matches "org/repo[@rev][:fn]")
+        -> modeling_flash_attention_utils.lazy_import_flash_attention (cached per string in `_loaded_implementation`)
+        -> modeling_flash_attention_utils._lazy_imports
+             `from .integrations.hub_kernels import load_and_register_attn_kernel`   (looked up at call time)
+        -> integrations.hub_kernels.load_and_register_attn_kernel(attn_implementation, attention_wrapper,
+                                                                 allow_all_kernels) -> kernel module
+
+``enable()`` replaces only the module attribute ``transformers.integrations.hub_kernels.load_and_register_attn_kernel``
+(the name ``_lazy_imports`` imports on every call). The replacement calls ``kernel_loader.load(spec)`` and registers
+``loaded.attention`` under the exact ``attn_implementation`` string in ``AttentionInterface`` and the matching mask
+function in ``AttentionMaskInterface`` (``mask_format`` "flash" -> ``masking_utils.flash_attention_mask``, "sdpa" ->
+``masking_utils.sdpa_mask``) -- the same two registrations transformers makes itself. Nothing else is patched:
+
+- ``is_kernel`` needs no change: it is a pure regex on the string.
+- ``is_kernels_available()`` is only consulted inside the replaced function (the 5.23.0 ImportError "kernels ...
+  0.18.2 <= version < 0.19.0" comes from there) and, in ``_check_and_adjust_attn_implementation``, for the
+  ``flash_attention_2`` -> ``kernels-community/flash-attn2`` fallback, which we deliberately leave alone.
+- ``allow_all_kernels`` is ignored: kernel_loader applies its own trust policy (``KERNEL_LOADER_TRUST``).
+- The version (``get_attn_kernel_version``) transformers would pick is ignored: the spec string decides
+  (``@vN``/``@rev``), otherwise kernel_loader's default.
+
+The replacement returns the kernel module when it has ``flash_attn_varlen_func`` (so transformers' own flash helpers
+and continuous batching see the kernel, as they would natively), otherwise a small stand-in with
+``flash_attn_forward`` so that ``_lazy_imports`` accepts it without a varlen function (e.g. after a fallback to SDPA).
+
+transformers 5.22.x marks a string as loaded *before* the load runs, so a failed load (strict mode) would be skipped
+silently on the next attempt; the hook clears that marker on failure, and ``enable()`` clears a marker left by a
+failed native attempt made before it was called.
+
+Version policy: the hook is written against 5.22.x and 5.23.x (checked: identical code paths). ``enable()`` raises
+:class:`UnsupportedTransformersVersion` for any other version unless ``force=True``; with ``force`` it warns and
+installs if the hooked function still exists with the expected parameters.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import types
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((5, 22), (5, 23))
+MASK_FORMATS = ("flash", "sdpa")
+
+# Seam for the loader: None means kernel_loader.api.load, imported on first use (it pulls in the Hub machinery).
+_loader: Callable[..., Any] | None = None
+
+
+class UnsupportedTransformersVersion(RuntimeError):
+    """transformers is outside the versions this hook was written and tested for."""
+
+
+@dataclass
+class _HookState:
+    hub_kernels: types.ModuleType
+    original: Callable
+    version: str
+    strict: bool | None
+    # attn_implementation string -> LoadedKernel, and what each replaced in the two interfaces (to undo).
+    loaded: dict[str, Any] = field(default_factory=dict)
+    previous: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+_state: _HookState | None = None
+_lock = threading.RLock()
+_MISSING = object()
+
+
+def enable(*, strict: bool | None = None, force: bool = False) -> None:
+    """Make hub-kernel ``attn_implementation`` strings load through kernel_loader. Idempotent.
+
+    ``strict`` is passed to ``kernel_loader.load`` (None: ``KERNEL_LOADER_STRICT`` decides). ``force`` installs the
+    hook on a transformers version outside :data:`SUPPORTED_VERSIONS` (with a warning) instead of raising.
+    """
+    global _state
+    with _lock:
+        if _state is not None:
+            _state.strict = strict
+            return
+        try:
+            import transformers
+            from transformers.integrations import hub_kernels
+        except ImportError as e:
+            raise ImportError(
+                "kernel_loader.enable() needs transformers 5.22.x or 5.23.x: pip install 'transformers>=5.22,<5.24'"
+            ) from e
+        version = transformers.__version__
+        _check_version(version, force)
+        original = getattr(hub_kernels, "load_and_register_attn_kernel", None)
+        if original is None or "attn_implementation" not in inspect.signature(original).parameters:
+            raise UnsupportedTransformersVersion(
+                f"transformers {version}: transformers.integrations.hub_kernels.load_and_register_attn_kernel"
+                "(attn_implementation, ...) not found; kernel_loader cannot hook this version"
+            )
+        _state = _HookState(hub_kernels=hub_kernels, original=original, version=version, strict=strict)
+        hub_kernels.load_and_register_attn_kernel = _load_and_register
+        _clear_stale_native_marker()
+
+
+def disable() -> None:
+    """Undo :func:`enable`: restore transformers' function and the interface entries the hook replaced."""
+    global _state
+    with _lock:
+        if _state is None:
+            return
+        from transformers.masking_utils import AttentionMaskInterface
+        from transformers.modeling_utils import AttentionInterface
+
+        state, _state = _state, None
+        state.hub_kernels.load_and_register_attn_kernel = state.original
+        for name, (attn_prev, mask_prev) in state.previous.items():
+            for mapping, prev in ((AttentionInterface._global_mapping, attn_prev),
+                                  (AttentionMaskInterface._global_mapping, mask_prev)):
+                if prev is _MISSING:
+                    mapping.pop(name, None)
+                else:
+                    mapping[name] = prev
+            _forget_loaded_marker(name)
+
+
+def is_enabled() -> bool:
+    return _state is not None
+
+
+def loaded_kernels() -> dict[str, Any]:
+    """The LoadedKernel registered for each ``attn_implementation`` string since :func:`enable`."""
+    with _lock:
+        return dict(_state.loaded) if _state is not None else {}
+
+
+def mask_function(mask_format: str) -> Callable:
+    """transformers' mask builder for a LoadedKernel.mask_format."""
+    from transformers import masking_utils
+
+    if mask_format == "flash":
+        return masking_utils.flash_attention_mask
+    if mask_format == "sdpa":
+        return masking_utils.sdpa_mask
+    raise ValueError(f"unknown mask_format {mask_format!r}; valid: {', '.join(MASK_FORMATS)}")
+
+
+def _check_version(version: str, force: bool) -> None:
+    from packaging.version import Version
+
+    release = Version(version).release[:2]
+    if release in SUPPORTED_VERSIONS:
+        return
+    supported = ", ".join(f"{a}.{b}.x" for a, b in SUPPORTED_VERSIONS)
+    message = f"kernel_loader's transformers hook supports transformers {supported}; found {version}"
+    if not force:
+        raise UnsupportedTransformersVersion(message + " (pass force=True to try anyway)")
+    warnings.warn(message + "; installing anyway because force=True", RuntimeWarning, stacklevel=3)
+
+
+def _load(spec: str, strict: bool | None) -> Any:
+    load = _loader
+    if load is None:
+        from .api import load
+    return load(spec, strict=strict)
+
+
+def _load_and_register(
+    attn_implementation: str, attention_wrapper: Callable | None = None, allow_all_kernels: bool = False
+):
+    """Stands in for transformers' load_and_register_attn_kernel (same parameters)."""
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    state = _state
+    if state is None:  # disabled while a reference to us was held
+        from transformers.integrations import hub_kernels
+
+        return hub_kernels.load_and_register_attn_kernel(attn_implementation, attention_wrapper, allow_all_kernels)
+    body = attn_implementation.split("|", 1)[1] if "|" in attn_implementation else attn_implementation
+    if not state.hub_kernels.is_kernel(body):
+        return None  # same contract as transformers: not a hub kernel string
+    try:
+        loaded = _load(attn_implementation, state.strict)
+        masker = mask_function(loaded.mask_format)
+    except BaseException:
+        _forget_loaded_marker(attn_implementation)
+        raise
+    module = loaded.module
+    has_varlen = module is not None and hasattr(module, "flash_attn_varlen_func")
+    # Like transformers: a caller's wrapper (e.g. a paged one) replaces the default call, for varlen kernels only.
+    attention = attention_wrapper if attention_wrapper is not None and has_varlen else loaded.attention
+    with _lock:
+        if attn_implementation not in state.previous:
+            state.previous[attn_implementation] = (
+                AttentionInterface._global_mapping.get(attn_implementation, _MISSING),
+                AttentionMaskInterface._global_mapping.get(attn_implementation, _MISSING),
+            )
+        AttentionInterface.register(attn_implementation, attention)
+        AttentionMaskInterface.register(attn_implementation, masker)
+        state.loaded[attn_implementation] = loaded
+    if has_varlen:
+        return module
+    # No varlen entry point (or no module after a fallback): _lazy_imports accepts a module with flash_attn_forward.
+    return types.SimpleNamespace(flash_attn_forward=loaded.attention, supports_flash_attn=False)
+
+
+def _flash_utils():
+    from transformers import modeling_flash_attention_utils
+
+    return modeling_flash_attention_utils
+
+
+def _forget_loaded_marker(attn_implementation: str) -> None:
+    # 5.22 sets _loaded_implementation before loading; clear it so the next request loads again.
+    utils = _flash_utils()
+    if getattr(utils, "_loaded_implementation", None) == attn_implementation:
+        utils._loaded_implementation = None
+
+
+def _clear_stale_native_marker() -> None:
+    from transformers.modeling_utils import AttentionInterface
+
+    utils = _flash_utils()
+    name = getattr(utils, "_loaded_implementation", None)
+    if isinstance(name, str) and "/" in name and name not in AttentionInterface._global_mapping:
+        utils._loaded_implementation = None

@@ -1,0 +1,352 @@
+"""kernel_loader.enable() with real transformers: tiny local Llama models, random weights, no downloads.
+
+The kernel-path tests need the fixture ``published_flash_attn2`` (repo id of the CPU flash-attn2 kernel published on
+the local Hub, from conftest); they skip with that reason when it is not defined. The 5.23 tests install
+transformers 5.23.0 (no deps) into the pytest cache on first use and run it in a subprocess, first on sys.path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask, sdpa_mask  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+
+from kernel_loader import transformers_hook as hook  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TF523 = "5.23.0"
+MISSING_SPEC = "kernels-test/no-such-kernel"  # org trusted in the tests below; repo absent from the Hub
+
+
+# ------------------------------------------------------------------ fixtures and helpers
+
+
+@pytest.fixture
+def flash_repo(request) -> str:
+    try:
+        return request.getfixturevalue("published_flash_attn2")
+    except pytest.FixtureLookupError:
+        pytest.skip("fixture 'published_flash_attn2' (real CPU flash-attn2 kernel on the local Hub) is not in conftest")
+
+
+@pytest.fixture
+def enabled():
+    """The hook installed for one test, and removed (with its registrations) after it."""
+    was = hook.is_enabled()
+    hook.enable()
+    yield hook
+    if not was:
+        hook.disable()
+
+
+def tiny_config(**kw) -> LlamaConfig:
+    # initializer_range 0.5 makes attention peaky, so a wrong mask or kernel shows in the logits.
+    base = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5, pad_token_id=0)
+    base.update(kw)
+    return LlamaConfig(**base)
+
+
+@pytest.fixture
+def saved_model(tmp_path) -> Path:
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_config()).save_pretrained(tmp_path / "tiny-llama")
+    return tmp_path / "tiny-llama"
+
+
+def batch(left_pad: bool):
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 128, (3, 12), generator=g)
+    mask = torch.ones_like(ids)
+    if left_pad:
+        mask[1, :5] = 0
+        mask[2, :2] = 0
+        ids[mask == 0] = 0
+    return ids, mask
+
+
+TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=6e-2, rtol=3e-2)}
+
+
+def assert_logits_match(model, ref, dtype, left_pad):
+    ids, mask = batch(left_pad)
+    with torch.no_grad():
+        got = model(ids, attention_mask=mask).logits.float()
+        want = ref(ids, attention_mask=mask).logits.float()
+    keep = mask.bool()  # padded query rows are undefined (flash gives 0, sdpa a masked average)
+    torch.testing.assert_close(got[keep], want[keep], **TOL[dtype])
+
+
+class CallCounter:
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)
+
+
+def assert_routed_to_kernel_loader(model, spec, monkeypatch):
+    """config names the spec, the registered functions are ours, the kernel loaded, and forward calls it."""
+    assert model.config._attn_implementation == spec
+    loaded = hook.loaded_kernels()[spec]
+    assert loaded.fallback is None, loaded.fallback
+    assert loaded.variant and loaded.module is not None
+    assert ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention
+    assert ALL_MASK_ATTENTION_FUNCTIONS[spec] is hook.mask_function(loaded.mask_format)
+    counter = CallCounter(loaded.attention)
+    monkeypatch.setitem(type(ALL_ATTENTION_FUNCTIONS)._global_mapping, spec, counter)
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3]]))
+    assert counter.calls == model.config.num_hidden_layers
+
+
+# ------------------------------------------------------------------ the hook itself (no loader needed)
+
+
+def test_enable_is_idempotent_and_disable_restores(enabled):
+    from transformers.integrations import hub_kernels
+
+    original = enabled._state.original
+    assert hub_kernels.load_and_register_attn_kernel is hook._load_and_register
+    hook.enable()
+    hook.enable()
+    assert hub_kernels.load_and_register_attn_kernel is hook._load_and_register
+    hook.disable()
+    assert not hook.is_enabled()
+    assert hub_kernels.load_and_register_attn_kernel is original
+    hook.disable()  # no-op
+
+
+@pytest.mark.parametrize("version", ["5.21.0", "5.24.0.dev0", "6.0.0"])
+def test_unsupported_transformers_version(monkeypatch, version):
+    # transformers swaps the top-level module in sys.modules while importing models: patch the current one.
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
+    with pytest.raises(hook.UnsupportedTransformersVersion, match=r"5\.22\.x, 5\.23\.x; found " + version):
+        hook.enable()
+    assert not hook.is_enabled()
+    with pytest.warns(RuntimeWarning, match="force=True"):
+        hook.enable(force=True)
+    try:
+        assert hook.is_enabled()
+    finally:
+        hook.disable()
+
+
+def test_mask_function_names_valid_formats():
+    assert hook.mask_function("flash") is flash_attention_mask
+    assert hook.mask_function("sdpa") is sdpa_mask
+    with pytest.raises(ValueError, match="'dense'.*flash, sdpa"):
+        hook.mask_function("dense")
+
+
+def test_non_kernel_strings_are_not_ours(enabled):
+    from transformers.integrations import hub_kernels
+
+    assert hub_kernels.load_and_register_attn_kernel("sdpa") is None
+    assert hook.loaded_kernels() == {}
+
+
+# ------------------------------------------------------------------ (a), (b): both entry points reach the kernel
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("left_pad", [False, True], ids=["dense", "left-pad"])
+def test_from_pretrained_routes_through_kernel_loader(enabled, flash_repo, saved_model, monkeypatch, dtype, left_pad):
+    model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation=flash_repo, dtype=dtype).eval()
+    ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa", dtype=dtype).eval()
+    assert_logits_match(model, ref, dtype, left_pad)
+    assert_routed_to_kernel_loader(model, flash_repo, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("left_pad", [False, True], ids=["dense", "left-pad"])
+def test_set_attn_implementation_routes_through_kernel_loader(enabled, flash_repo, saved_model, monkeypatch,
+                                                              left_pad):
+    model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
+    ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
+    model.set_attn_implementation(flash_repo)
+    assert_logits_match(model, ref, torch.float32, left_pad)
+    assert_routed_to_kernel_loader(model, flash_repo, monkeypatch)
+    model.set_attn_implementation("sdpa")  # and back: transformers' own entry is untouched
+    assert model.config._attn_implementation == "sdpa"
+    assert_logits_match(model, ref, torch.float32, left_pad)
+
+
+@pytest.mark.slow
+def test_left_padded_greedy_generate_matches_sdpa(enabled, flash_repo, saved_model):
+    """Prefill with a 2-D padding mask, then decode steps (q_len 1 against a longer padded kv)."""
+    model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation=flash_repo).eval()
+    ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
+    ids, mask = batch(left_pad=True)
+    kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        assert torch.equal(model.generate(ids, **kw), ref.generate(ids, **kw))
+
+
+# ------------------------------------------------------------------ (c) fallback and strict
+
+
+@pytest.fixture
+def missing_kernel_env(monkeypatch, request):
+    """A kernel the Hub does not have, from an org we trust (so the reason is 'not found', not 'untrusted')."""
+    try:
+        request.getfixturevalue("local_hub")  # a live Hub that answers 'no such repo'
+    except pytest.FixtureLookupError:
+        pass
+    api = sys.modules.get("kernel_loader.api")
+    if hasattr(api, "clear_cache"):
+        api.clear_cache()  # results are cached per process; each test starts from a cold load
+    monkeypatch.setenv("KERNEL_LOADER_TRUST", MISSING_SPEC.split("/")[0])
+    monkeypatch.delenv("KERNEL_LOADER_STRICT", raising=False)
+    return MISSING_SPEC
+
+
+@pytest.mark.slow
+def test_missing_kernel_falls_back_to_sdpa_with_a_warning(enabled, missing_kernel_env, saved_model):
+    spec = missing_kernel_env
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation=spec).eval()
+    loaded = hook.loaded_kernels()[spec]
+    assert loaded.fallback and loaded.variant is None and loaded.module is None
+    assert loaded.mask_format == "sdpa"
+    named = [str(w.message) for w in caught if spec in str(w.message) and loaded.fallback in str(w.message)]
+    assert named, f"no warning names {spec!r} and its reason {loaded.fallback!r}: {[str(w.message) for w in caught]}"
+    assert model.config._attn_implementation == spec
+    assert ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention
+    ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
+    assert_logits_match(model, ref, torch.float32, left_pad=True)
+
+
+@pytest.mark.slow
+def test_strict_mode_raises_and_a_later_non_strict_load_still_works(enabled, missing_kernel_env, saved_model,
+                                                                    monkeypatch):
+    from kernel_loader.fallback import KernelUnavailable
+
+    spec = missing_kernel_env
+    monkeypatch.setenv("KERNEL_LOADER_STRICT", "1")
+    with pytest.raises(KernelUnavailable):
+        LlamaForCausalLM.from_pretrained(saved_model, attn_implementation=spec)
+    model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa")
+    with pytest.raises(KernelUnavailable):
+        model.set_attn_implementation(spec)
+    assert model.config._attn_implementation == "sdpa"
+    # transformers 5.22 marks a string loaded before loading it; the hook must undo that after a failure.
+    monkeypatch.setenv("KERNEL_LOADER_STRICT", "0")
+    with pytest.warns(Warning, match=spec):
+        model.set_attn_implementation(spec)
+    assert model.config._attn_implementation == spec
+    assert hook.loaded_kernels()[spec].fallback
+
+
+# ------------------------------------------------------------------ (d) transformers 5.23.0 in a subprocess
+
+
+@pytest.fixture(scope="session")
+def tf523_path(request) -> Path:
+    """transformers 5.23.0 (no deps) installed into the pytest cache on first use; skip if pip cannot get it."""
+    root = Path(request.config.cache.mkdir("transformers-" + TF523))
+    target = root / "site"
+    if not (target / "transformers" / "__init__.py").is_file():
+        staging = root / f"staging-{os.getpid()}"
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+               "--target", str(staging), f"transformers=={TF523}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot install transformers {TF523} into {root} ({proc.stderr.strip().splitlines()[-1:]})")
+        if not target.exists():
+            staging.rename(target)
+    return target
+
+
+TF523_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, tempfile, warnings
+    import torch, transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+    mode, spec, out = sys.argv[1], sys.argv[2], {}
+    out["version"] = transformers.__version__
+    out["file"] = transformers.__file__
+    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)
+    torch.manual_seed(0)
+    path = tempfile.mkdtemp()
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    if mode == "enabled":
+        from kernel_loader import transformers_hook
+        transformers_hook.enable()
+
+    def attempt(name, fn):
+        try:
+            fn()
+            out[name] = "ok"
+        except Exception as e:
+            out[name] = f"{type(e).__name__}: {e}"
+
+    holder = {}
+    attempt("from_pretrained", lambda: holder.setdefault(
+        "model", LlamaForCausalLM.from_pretrained(path, attn_implementation=spec).eval()))
+    ref = LlamaForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
+    attempt("set_attn_implementation", lambda: ref.set_attn_implementation(spec))
+    ref.set_attn_implementation("sdpa")
+    if "model" in holder:
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        model = holder["model"]
+        loaded = transformers_hook.loaded_kernels()[spec]
+        ids = torch.randint(1, 128, (2, 10), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones_like(ids)
+        mask[1, :4] = 0
+        with torch.no_grad():
+            got, want = model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
+        keep = mask.bool()
+        out.update(attn_implementation=model.config._attn_implementation, fallback=loaded.fallback,
+                   variant=loaded.variant, ours=ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention,
+                   max_abs_diff=(got[keep] - want[keep]).abs().max().item())
+    print("RESULT " + json.dumps(out))
+    """
+)
+
+
+def run_tf523(tf523_path: Path, mode: str, spec: str) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tf523_path), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, "-c", TF523_SCRIPT, mode, spec], capture_output=True, text=True,
+                          env=env, timeout=300)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"5.23 subprocess failed:\n{proc.stdout}\n{proc.stderr}"
+    result = json.loads(lines[-1][len("RESULT "):])
+    assert result["version"] == TF523 and result["file"].startswith(str(tf523_path)), result
+    return result
+
+
+@pytest.mark.slow
+def test_tf523_native_hub_kernel_path_needs_newer_kernels(tf523_path):
+    """Without enable(), transformers 5.23.0 refuses hub kernels: it wants kernels >= 0.18.2 and we have 0.17.2."""
+    result = run_tf523(tf523_path, "native", "kernels-test/flash-attn2")
+    for entry in ("from_pretrained", "set_attn_implementation"):
+        assert result[entry].startswith("ImportError:"), result
+        assert "kernels" in result[entry] and "0.18.2" in result[entry], result
+
+
+@pytest.mark.slow
+def test_tf523_enabled_routes_through_kernel_loader(tf523_path, flash_repo):
+    result = run_tf523(tf523_path, "enabled", flash_repo)
+    assert result["from_pretrained"] == "ok" and result["set_attn_implementation"] == "ok", result
+    assert result["attn_implementation"] == flash_repo and result["ours"], result
+    assert result["fallback"] is None and result["variant"], result
+    assert result["max_abs_diff"] < 1e-4, result
