@@ -9,7 +9,6 @@ process and list its ops -> assemble package, _ops.py, library, build-info.json,
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 import subprocess
@@ -117,6 +116,8 @@ def _build_dir(kernel_dir: Path) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """One build per (kernel dir, variant) at a time; a second waits rather than racing on the objects."""
+    import fcntl  # POSIX only; imported here so the package still imports elsewhere
+
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

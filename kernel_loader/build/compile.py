@@ -123,6 +123,6 @@ def run_ninja(
         progress(f"  {plan.library_name} is up to date (no source or flag changed)")
     if rc != 0:
         failed = [line for line in tail if line.startswith("FAILED:")]
-        what = failed[0][len("FAILED:"):].strip() if failed else "ninja"
+        what = re.sub(r"^\[code=\d+\]\s*", "", failed[0][len("FAILED:"):].strip()) if failed else "ninja"
         raise BuildError(f"compile failed ({what}); compiler output:\n" + "\n".join(tail))
     return build_dir / plan.library_name

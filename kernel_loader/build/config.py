@@ -21,7 +21,7 @@ Supported keys::
     [torch]
     src = ["torch-ext/torch_binding.cpp", "torch-ext/torch_binding.h"]  # required; headers are hashed, not compiled
     include = ["csrc"]          # optional; extra -I dirs (relative to the kernel dir) for the torch sources
-    pyext = ["py", "json"]      # optional; package file extensions copied into the variant (default py, json)
+    pyext = ["py", "json"]      # optional; package file extensions copied into the variant (default py, pyi)
     cxx-flags = [...]           # optional; extra flags for the torch sources
     minver = "2.9"              # optional; refuse to build against an older torch
     maxver = "2.14"             # optional; refuse to build against a newer torch (major.minor compared)
@@ -62,7 +62,7 @@ _KERNEL_KEYS = {
 }
 _TOP_LEVEL = {"general", "torch", "kernel"}
 _IMPLEMENTED_BACKENDS = ("cpu", "cuda")
-_DEFAULT_PYEXT = ("py", "json")
+_DEFAULT_PYEXT = ("py", "pyi")  # kernel-builder's default
 
 
 class BuildConfigError(ValueError):

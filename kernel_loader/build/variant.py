@@ -67,9 +67,20 @@ def check_variant(requested: str, backends: tuple[str, ...]) -> str:
         raise BuildError(f"variant {requested!r} is for backend {backend!r}; build.toml declares {list(backends)}")
     host = host_variant(backend)
     if requested != host:
+        have = parse_variant(host)
+        diffs = [
+            f"{what} {want} (here: {got})"
+            for what, want, got in (
+                ("torch", parsed.framework.version, have.framework.version),
+                ("C++ ABI cxx11", parsed.framework.cxx11_abi, have.framework.cxx11_abi),
+                ("CPU architecture", parsed.arch.platform, have.arch.platform),
+                ("OS", parsed.arch.os, have.arch.os),
+            )
+            if want != got
+        ]
         raise BuildError(
-            f"variant {requested!r} cannot be built on this machine: it builds {host} "
-            f"(running torch, its C++ ABI, CPU architecture and OS decide the name)"
+            f"variant {requested!r} cannot be built on this machine: it builds {host}; "
+            f"the request needs {', '.join(diffs) or 'a different machine'}"
         )
     return backend
 
