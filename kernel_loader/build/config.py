@@ -48,7 +48,7 @@ try:
     import tomllib
 except ImportError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 BUILD_FILE = "build.toml"
