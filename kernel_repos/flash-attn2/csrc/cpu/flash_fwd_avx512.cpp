@@ -11,6 +11,7 @@
 // fp32 inputs use fp32 FMAs. Head dims must be multiples of 16 here.
 #include <immintrin.h>
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -179,8 +180,69 @@ inline void pv_tile(const void* P, const void* V, int64_t v_stride, int64_t nk, 
   }
 }
 
-inline uint32_t* packed_block(const FwdParams& p, int64_t b, int64_t kb, int64_t hk) {
-  return p.kv_packed + ((p.kblock_base[b] + kb) * p.heads_k + hk) * packed_block_words(p.head_dim);
+void pack_block(const FwdParams& p, const SeqView& s, int64_t b, int64_t kb, int64_t hk,
+                uint32_t* blk) {
+  const int64_t D = p.head_dim;
+  const int64_t k_base = b * p.k_batch_stride + hk * p.k_head_stride;
+  const int64_t v_base = b * p.v_batch_stride + hk * p.v_head_stride;
+  const int64_t k0 = kb * kBlockK;
+  const int64_t nk = imin(kBlockK, s.sk - k0);
+  if (p.dtype == DType::kBFloat16) {
+    // K as [D/2][BK] words (d-pairs of one key); V as [BK/2][D] words (key-pairs of one dim).
+    const uint16_t* K = static_cast<const uint16_t*>(p.k);
+    const uint16_t* V = static_cast<const uint16_t*>(p.v);
+    uint32_t* Kp = blk;
+    uint32_t* Vp = blk + kBlockK * D / 2;
+    for (int64_t j = 0; j < kBlockK; ++j) {
+      if (j < nk) {
+        const uint16_t* krow = K + k_base + (s.k_row0 + k0 + j) * p.k_row_stride;
+        for (int64_t pp = 0; pp < D / 2; ++pp) {
+          uint32_t w;
+          memcpy(&w, krow + 2 * pp, 4);
+          Kp[pp * kBlockK + j] = w;
+        }
+      } else {
+        for (int64_t pp = 0; pp < D / 2; ++pp) Kp[pp * kBlockK + j] = 0;
+      }
+    }
+    for (int64_t jp = 0; jp < kBlockK / 2; ++jp) {
+      const int64_t j = 2 * jp;
+      const uint16_t* v0 = j < nk ? V + v_base + (s.k_row0 + k0 + j) * p.v_row_stride : nullptr;
+      const uint16_t* v1 = j + 1 < nk ? V + v_base + (s.k_row0 + k0 + j + 1) * p.v_row_stride : nullptr;
+      for (int64_t d = 0; d < D; ++d) {
+        const uint32_t a = v0 ? v0[d] : 0u, c = v1 ? v1[d] : 0u;
+        Vp[jp * D + d] = a | (c << 16);
+      }
+    }
+  } else {
+    // K transposed as [D][BK] floats; V is read in place.
+    const float* K = static_cast<const float*>(p.k);
+    float* Kt = reinterpret_cast<float*>(blk);
+    for (int64_t j = 0; j < kBlockK; ++j) {
+      const float* krow = j < nk ? K + k_base + (s.k_row0 + k0 + j) * p.k_row_stride : nullptr;
+      for (int64_t d = 0; d < D; ++d) Kt[d * kBlockK + j] = krow ? krow[d] : 0.f;
+    }
+  }
+}
+
+// The packed block (b, kb, hk), packing it first if no task has yet. Packing
+// takes microseconds, so a task that finds it in progress just waits.
+const uint32_t* ready_block(const FwdParams& p, const SeqView& s, int64_t b, int64_t kb, int64_t hk) {
+  const int64_t index = (p.kblock_base[b] + kb) * p.heads_k + hk;
+  uint32_t* blk = p.kv_packed + index * packed_block_words(p.head_dim);
+  int32_t* state = p.kv_state + index;
+  if (__atomic_load_n(state, __ATOMIC_ACQUIRE) == 2) return blk;
+  int32_t expected = 0;
+  if (__atomic_compare_exchange_n(state, &expected, 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+    pack_block(p, s, b, kb, hk, blk);
+    __atomic_store_n(state, 2, __ATOMIC_RELEASE);
+    return blk;
+  }
+  for (int spins = 0; __atomic_load_n(state, __ATOMIC_ACQUIRE) != 2; ++spins) {
+    if (spins < 1000) _mm_pause();
+    else sched_yield();
+  }
+  return blk;
 }
 
 template <bool kBf16>
@@ -229,7 +291,7 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
   for (int64_t kb = lo < 0 ? 0 : lo / kBlockK; lo <= hi && kb <= hi / kBlockK; ++kb) {
     const int64_t k0 = kb * kBlockK;
     const int64_t nk = imin(kBlockK, s.sk - k0);
-    const uint32_t* blk = packed_block(p, b, kb, hk);
+    const uint32_t* blk = ready_block(p, s, b, kb, hk);
     const bool full = nk == kBlockK && bq == kBlockQ && k0 >= lo_last && k0 + kBlockK - 1 <= hi_first;
 
     // Scores for all kBlockQ rows (padded rows are zeros and masked below).
@@ -330,55 +392,6 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
 }
 
 }  // namespace
-
-void fwd_pack_kv_avx512(const FwdParams& p, int64_t b, int64_t hk) {
-  const SeqView s = seq_view(p, b);
-  const int64_t D = p.head_dim;
-  const int64_t nkb = (s.sk + kBlockK - 1) / kBlockK;
-  const int64_t k_base = b * p.k_batch_stride + hk * p.k_head_stride;
-  const int64_t v_base = b * p.v_batch_stride + hk * p.v_head_stride;
-  for (int64_t kb = 0; kb < nkb; ++kb) {
-    uint32_t* blk = packed_block(p, b, kb, hk);
-    const int64_t k0 = kb * kBlockK;
-    const int64_t nk = imin(kBlockK, s.sk - k0);
-    if (p.dtype == DType::kBFloat16) {
-      // K as [D/2][BK] words (d-pairs of one key); V as [BK/2][D] words (key-pairs of one dim).
-      const uint16_t* K = static_cast<const uint16_t*>(p.k);
-      const uint16_t* V = static_cast<const uint16_t*>(p.v);
-      uint32_t* Kp = blk;
-      uint32_t* Vp = blk + kBlockK * D / 2;
-      for (int64_t j = 0; j < kBlockK; ++j) {
-        if (j < nk) {
-          const uint16_t* krow = K + k_base + (s.k_row0 + k0 + j) * p.k_row_stride;
-          for (int64_t pp = 0; pp < D / 2; ++pp) {
-            uint32_t w;
-            memcpy(&w, krow + 2 * pp, 4);
-            Kp[pp * kBlockK + j] = w;
-          }
-        } else {
-          for (int64_t pp = 0; pp < D / 2; ++pp) Kp[pp * kBlockK + j] = 0;
-        }
-      }
-      for (int64_t jp = 0; jp < kBlockK / 2; ++jp) {
-        const int64_t j = 2 * jp;
-        const uint16_t* v0 = j < nk ? V + v_base + (s.k_row0 + k0 + j) * p.v_row_stride : nullptr;
-        const uint16_t* v1 = j + 1 < nk ? V + v_base + (s.k_row0 + k0 + j + 1) * p.v_row_stride : nullptr;
-        for (int64_t d = 0; d < D; ++d) {
-          const uint32_t a = v0 ? v0[d] : 0u, c = v1 ? v1[d] : 0u;
-          Vp[jp * D + d] = a | (c << 16);
-        }
-      }
-    } else {
-      // K transposed as [D][BK] floats; V is read in place.
-      const float* K = static_cast<const float*>(p.k);
-      float* Kt = reinterpret_cast<float*>(blk);
-      for (int64_t j = 0; j < kBlockK; ++j) {
-        const float* krow = j < nk ? K + k_base + (s.k_row0 + k0 + j) * p.k_row_stride : nullptr;
-        for (int64_t d = 0; d < D; ++d) Kt[d * kBlockK + j] = krow ? krow[d] : 0.f;
-      }
-    }
-  }
-}
 
 void fwd_block_avx512(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, float* ws) {
   if (p.dtype == DType::kBFloat16) {

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -101,6 +102,7 @@ void fill_common(FwdParams& p, const at::Tensor& q, const at::Tensor& k, const a
   p.window_right = causal ? 0 : (window_right < 0 ? -1 : window_right);
   p.kblock_base = nullptr;
   p.kv_packed = nullptr;
+  p.kv_state = nullptr;
 }
 
 // Runs every (batch, q head, q block) task; tasks are handed out dynamically,
@@ -112,16 +114,16 @@ void run(FwdParams& p, int64_t num_qblocks, const std::vector<int64_t>& kb_per_s
   const Isa isa = choose_isa(p.head_dim);
 
   std::vector<int64_t> kblock_base(p.batch + 1, 0);
-  std::vector<uint32_t> packed;
+  std::unique_ptr<uint32_t[]> packed;  // filled lazily by the tasks, so left uninitialised
+  std::vector<int32_t> packed_state;
   if (isa == Isa::kAvx512) {
     for (int64_t b = 0; b < p.batch; ++b) kblock_base[b + 1] = kblock_base[b] + kb_per_seq[b];
-    packed.resize(size_t(kblock_base[p.batch] * p.heads_k * packed_block_words(p.head_dim)));
+    const int64_t blocks = kblock_base[p.batch] * p.heads_k;
+    packed.reset(new uint32_t[size_t(blocks * packed_block_words(p.head_dim))]);
+    packed_state.assign(size_t(blocks), 0);
     p.kblock_base = kblock_base.data();
-    p.kv_packed = packed.data();
-    const FwdParams& cp = p;
-    at::parallel_for(0, p.batch * p.heads_k, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) fwd_pack_kv_avx512(cp, t / cp.heads_k, t % cp.heads_k);
-    });
+    p.kv_packed = packed.get();
+    p.kv_state = packed_state.data();
   }
 
   std::atomic<int64_t> next{0};

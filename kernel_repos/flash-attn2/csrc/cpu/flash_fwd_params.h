@@ -44,11 +44,14 @@ struct FwdParams {
   const int32_t* cu_seqlens_q;
   const int32_t* cu_seqlens_k;
 
-  // AVX-512 path only: K/V re-laid out once per call (see fwd_pack_kv_avx512).
-  // Key block kb of sequence b, kv head hk lives at block index
-  // (kblock_base[b] + kb) * heads_k + hk, each block kBlockK * head_dim words.
+  // AVX-512 path only: K/V re-laid out once per call, lazily, by the first task
+  // that needs a block. Key block kb of sequence b, kv head hk has index
+  // (kblock_base[b] + kb) * heads_k + hk; its words start at index *
+  // packed_block_words(head_dim) and kv_state[index] is 0 (todo), 1 (being
+  // packed) or 2 (ready).
   const int64_t* kblock_base;
   uint32_t* kv_packed;
+  int32_t* kv_state;
 
   float softmax_scale;
   float softcap;        // <= 0: off
@@ -118,8 +121,6 @@ inline float bf16_to_float(uint16_t h) {
 // `ws` points at workspace_floats(head_dim) floats owned by the calling thread.
 void fwd_block_portable(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, float* ws);
 void fwd_block_avx512(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, float* ws);
-// Packs every key block of (b, hk) into p.kv_packed; run before fwd_block_avx512.
-void fwd_pack_kv_avx512(const FwdParams& p, int64_t b, int64_t hk);
 // Words of p.kv_packed per key block.
 inline int64_t packed_block_words(int64_t head_dim) { return int64_t(kBlockK) * head_dim; }
 
