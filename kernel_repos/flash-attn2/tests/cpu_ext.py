@@ -2,7 +2,7 @@
 
 Every source listed in build.toml is compiled with torch.utils.cpp_extension.load under an op
 namespace unique to the source contents, with the flags the builder uses (-O3 -std=c++17 -fopenmp,
-include dirs: repo root and csrc/, plus each section's cxx-flags). A generated `_ops.py` (the
+include dir: the repo root, plus each section's cxx-flags). A generated `_ops.py` (the
 builder generates the real one) points the package at that namespace.
 """
 
@@ -53,7 +53,7 @@ def build(build_dir: Path) -> str:
         sources=[str(s) for s in sources if s.suffix == ".cpp"],
         extra_cflags=["-O3", "-std=c++17", "-fopenmp", *flags],
         extra_ldflags=["-fopenmp"],
-        extra_include_paths=[str(ROOT), str(ROOT / "csrc")],
+        extra_include_paths=[str(ROOT)],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,

@@ -1,4 +1,4 @@
 // Declarations of the ops registered in torch_binding.cpp.
 #pragma once
 
-#include "cpu/flash_fwd_cpu.h"
+#include "csrc/cpu/flash_fwd_cpu.h"
