@@ -17,7 +17,8 @@ In transformers 5.22.x and 5.23.x both public entry points reach a hub kernel th
 (the name ``_lazy_imports`` imports on every call). The replacement calls ``kernel_loader.load(spec)`` and registers
 ``loaded.attention`` under the exact ``attn_implementation`` string in ``AttentionInterface`` and the matching mask
 function in ``AttentionMaskInterface`` (``mask_format`` "flash" -> ``masking_utils.flash_attention_mask``, "sdpa" ->
-``masking_utils.sdpa_mask``) -- the same two registrations transformers makes itself. Nothing else is patched:
+``masking_utils.sdpa_mask``) -- the same two registrations transformers makes itself -- and records it in
+``kernel_loader.registry`` under the same name. Nothing else is patched:
 
 - ``is_kernel`` needs no change: it is a pure regex on the string.
 - ``is_kernels_available()`` is only consulted inside the replaced function (the 5.23.0 ImportError "kernels ...
@@ -34,6 +35,21 @@ and continuous batching see the kernel, as they would natively), otherwise a sma
 transformers 5.22.x marks a string as loaded *before* the load runs, so a failed load (strict mode) would be skipped
 silently on the next attempt; the hook clears that marker on failure, and ``enable()`` clears a marker left by a
 failed native attempt made before it was called.
+
+What the registered attention receives (checked on 5.22.2 and 5.23.0 with Llama):
+``attention(module, q, k, v, attention_mask, dropout=0.0, scaling=..., **kwargs)``, q/k/v in (B, H, S, D), GQA
+not expanded. With mask_format "flash" ``attention_mask`` is None (no padding) or a bool (B, S_kv) padding mask,
+True = token, already sliced to the last S_kv columns; during decode S_q (1) < S_kv and the queries are the last
+S_q positions. kwargs carry ``position_ids`` ((1, S) in a plain forward even with left padding; (B, S) from
+``generate``) and ``use_cache``; ``cu_seq_lens_q/k`` + ``max_length_q/k`` only when the caller passes them
+(padding-free training); ``sliding_window``/``softcap``/``s_aux`` from models that use them; ``is_causal`` is
+usually absent (read ``module.is_causal``). A user-supplied 4-D mask is passed through unchanged. Packed sequences
+given only as ``position_ids`` (no mask, no cu_seq_lens) get ``attention_mask=None``: the flash mask function
+ignores packing, so the kernel must derive cu_seqlens from ``position_ids`` itself. With "sdpa" the mask is
+None (causal, no padding) or a bool (B, 1, S_q, S_kv) mask, True = attend.
+
+``paged|org/repo`` is stripped to ``org/repo`` by ``_check_and_adjust_attn_implementation`` (with a FutureWarning)
+before it reaches the hook; a ``paged|`` string that arrives anyway is passed to ``kernel_loader.load`` verbatim.
 
 Version policy: the hook is written against 5.22.x and 5.23.x (checked: identical code paths). ``enable()`` raises
 :class:`UnsupportedTransformersVersion` for any other version unless ``force=True``; with ``force`` it warns and
@@ -78,7 +94,8 @@ _MISSING = object()
 
 
 def enable(*, strict: bool | None = None, force: bool = False) -> None:
-    """Make hub-kernel ``attn_implementation`` strings load through kernel_loader. Idempotent.
+    """Make hub-kernel ``attn_implementation`` strings load through kernel_loader. Idempotent (a repeat call only
+    updates ``strict``).
 
     ``strict`` is passed to ``kernel_loader.load`` (None: ``KERNEL_LOADER_STRICT`` decides). ``force`` installs the
     hook on a transformers version outside :data:`SUPPORTED_VERSIONS` (with a warning) instead of raising.
@@ -204,10 +221,18 @@ def _load_and_register(
         AttentionInterface.register(attn_implementation, attention)
         AttentionMaskInterface.register(attn_implementation, masker)
         state.loaded[attn_implementation] = loaded
+    _register_in_our_registry(attn_implementation, loaded)
     if has_varlen:
         return module
     # No varlen entry point (or no module after a fallback): _lazy_imports accepts a module with flash_attn_forward.
     return types.SimpleNamespace(flash_attn_forward=loaded.attention, supports_flash_attn=False)
+
+
+def _register_in_our_registry(name: str, loaded: Any) -> None:
+    # kernel_loader.registry.get(name) then finds what transformers uses (transformers itself was done above).
+    from . import registry
+
+    registry.register(name, loaded, transformers=False)
 
 
 def _flash_utils():

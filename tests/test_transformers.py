@@ -81,13 +81,37 @@ def batch(left_pad: bool):
 TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=6e-2, rtol=3e-2)}
 
 
+def kernel_ops(loaded, fn) -> set[str]:
+    """Names of the kernel's own torch ops (namespace = the build id) that ``fn()`` ran."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    prefix = loaded.module.__name__ + "::"
+    return {e.key[len(prefix):] for e in prof.key_averages() if e.key.startswith(prefix)}
+
+
 def assert_logits_match(model, ref, dtype, left_pad):
     ids, mask = batch(left_pad)
+    got = {}
     with torch.no_grad():
-        got = model(ids, attention_mask=mask).logits.float()
+        ops = kernel_ops(loaded_for(model), lambda: got.setdefault("logits", model(ids, attention_mask=mask).logits))
         want = ref(ids, attention_mask=mask).logits.float()
+    # The kernel itself ran (no per-call SDPA fallback); padding goes through its varlen entry point.
+    assert ops, f"no op of {loaded_for(model).module.__name__} ran"
+    assert any("varlen" in op for op in ops) == left_pad, ops
     keep = mask.bool()  # padded query rows are undefined (flash gives 0, sdpa a masked average)
-    torch.testing.assert_close(got[keep], want[keep], **TOL[dtype])
+    torch.testing.assert_close(got["logits"].float()[keep], want[keep], **TOL[dtype])
+
+
+def assert_fallback_logits_match(model, ref):
+    ids, mask = batch(left_pad=True)
+    with torch.no_grad():
+        got, want = model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], **TOL[torch.float32])
+
+
+def loaded_for(model):
+    return hook.loaded_kernels()[model.config._attn_implementation]
 
 
 class CallCounter:
@@ -184,7 +208,7 @@ def test_set_attn_implementation_routes_through_kernel_loader(enabled, flash_rep
     assert_routed_to_kernel_loader(model, flash_repo, monkeypatch)
     model.set_attn_implementation("sdpa")  # and back: transformers' own entry is untouched
     assert model.config._attn_implementation == "sdpa"
-    assert_logits_match(model, ref, torch.float32, left_pad)
+    assert_fallback_logits_match(model, ref)
 
 
 @pytest.mark.slow
@@ -194,8 +218,11 @@ def test_left_padded_greedy_generate_matches_sdpa(enabled, flash_repo, saved_mod
     ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
     ids, mask = batch(left_pad=True)
     kw = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    got = {}
     with torch.no_grad():
-        assert torch.equal(model.generate(ids, **kw), ref.generate(ids, **kw))
+        ops = kernel_ops(loaded_for(model), lambda: got.setdefault("ids", model.generate(ids, **kw)))
+        assert torch.equal(got["ids"], ref.generate(ids, **kw))
+    assert any("varlen" in op for op in ops), ops  # prefill and decode steps carry the padding mask
 
 
 # ------------------------------------------------------------------ (c) fallback and strict
@@ -230,7 +257,7 @@ def test_missing_kernel_falls_back_to_sdpa_with_a_warning(enabled, missing_kerne
     assert model.config._attn_implementation == spec
     assert ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention
     ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
-    assert_logits_match(model, ref, torch.float32, left_pad=True)
+    assert_fallback_logits_match(model, ref)
 
 
 @pytest.mark.slow
@@ -311,8 +338,12 @@ TF523_SCRIPT = textwrap.dedent(
         ids = torch.randint(1, 128, (2, 10), generator=torch.Generator().manual_seed(1))
         mask = torch.ones_like(ids)
         mask[1, :4] = 0
+        with torch.no_grad(), torch.profiler.profile() as prof:
+            got = model(ids, attention_mask=mask).logits
         with torch.no_grad():
-            got, want = model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
+            want = ref(ids, attention_mask=mask).logits
+        prefix = loaded.module.__name__ + "::" if loaded.module is not None else "<none>"
+        out["kernel_ops"] = sorted({e.key for e in prof.key_averages() if e.key.startswith(prefix)})
         keep = mask.bool()
         out.update(attn_implementation=model.config._attn_implementation, fallback=loaded.fallback,
                    variant=loaded.variant, ours=ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention,
@@ -350,3 +381,4 @@ def test_tf523_enabled_routes_through_kernel_loader(tf523_path, flash_repo):
     assert result["attn_implementation"] == flash_repo and result["ours"], result
     assert result["fallback"] is None and result["variant"], result
     assert result["max_abs_diff"] < 1e-4, result
+    assert any("varlen" in op for op in result["kernel_ops"]), result
