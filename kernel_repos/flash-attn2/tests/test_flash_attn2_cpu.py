@@ -257,3 +257,26 @@ def test_strided_inputs_from_bhsd_layout(flash_attn2, isa, dtype):
     out = flash_attn2.flash_attn_func(q, k, v, causal=True)
     assert out.is_contiguous()
     torch.testing.assert_close(out.double(), reference(q, k, v, 64 ** -0.5, True)[0], **TOL[dtype])
+
+
+def test_empty_shapes(flash_attn2, isa):
+    q = torch.randn(1, 5, 2, 64)
+    out, lse = flash_attn2.flash_attn_func(q, q[:, :0], q[:, :0], return_softmax_lse=True)  # no keys
+    assert torch.all(out == 0) and torch.all(lse == -math.inf)
+    out, lse = flash_attn2.flash_attn_func(q[:, :0], q, q, return_softmax_lse=True)  # no queries
+    assert out.shape == (1, 0, 2, 64) and lse.shape == (1, 2, 0)
+    cu = torch.tensor([0], dtype=torch.int32)
+    out, lse = flash_attn2.flash_attn_varlen_func(q[0, :0], q[0, :0], q[0, :0], cu, cu, 0, 0,
+                                                  return_softmax_lse=True)
+    assert out.shape == (0, 2, 64) and lse.shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_large_scores_stay_stable(flash_attn2, isa, dtype):
+    gen = torch.Generator().manual_seed(9)
+    q, k = (rand(1, 150, 2, 64, dtype=torch.float32, gen=gen).mul(30).to(dtype) for _ in range(2))
+    v = rand(1, 150, 2, 64, dtype=dtype, gen=gen)
+    out, lse = flash_attn2.flash_attn_func(q, k, v, causal=True, return_softmax_lse=True)
+    ref_out, ref_lse = reference(q, k, v, 64 ** -0.5, True)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-4 if dtype == torch.float32 else 2e-2, rtol=1e-3)
+    torch.testing.assert_close(lse.double(), ref_lse, atol=1e-2, rtol=1e-5)
