@@ -280,3 +280,12 @@ def test_large_scores_stay_stable(flash_attn2, isa, dtype):
     ref_out, ref_lse = reference(q, k, v, 64 ** -0.5, True)
     torch.testing.assert_close(out.double(), ref_out, atol=1e-4 if dtype == torch.float32 else 2e-2, rtol=1e-3)
     torch.testing.assert_close(lse.double(), ref_lse, atol=1e-2, rtol=1e-5)
+
+
+def test_non_cpu_tensors_are_refused_by_name(flash_attn2):
+    q = torch.randn(1, 8, 2, 16)
+    with pytest.raises(ValueError, match="k is on device 'meta'; this build runs on cpu tensors only"):
+        flash_attn2.flash_attn_func(q, q.to("meta"), q)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    with pytest.raises(ValueError, match="cu_seqlens_k is on device 'meta'"):
+        flash_attn2.flash_attn_varlen_func(q[0], q[0], q[0], cu, cu.to("meta"), 8, 8)

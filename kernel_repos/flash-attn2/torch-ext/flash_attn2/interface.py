@@ -31,6 +31,14 @@ def _reject_unsupported(dropout_p: float, alibi_slopes, return_attn_probs: bool)
             "materialised); use return_softmax_lse=True to get the log-sum-exp")
 
 
+def _check_devices(**tensors: torch.Tensor) -> None:
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.device.type not in SUPPORTED["devices"]:
+            raise ValueError(
+                f"flash_attn2 (cpu): {name} is on device '{t.device}'; this build runs on "
+                f"{', '.join(SUPPORTED['devices'])} tensors only")
+
+
 def _window(window_size: Sequence[int]) -> Tuple[int, int]:
     try:
         left, right = (int(w) for w in window_size)
@@ -102,6 +110,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     deterministic).
     """
     _reject_unsupported(dropout_p, alibi_slopes, return_attn_probs)
+    _check_devices(q=q, k=k, v=v)
     scale, window = _scale(q, softmax_scale), _window(window_size)
     if _needs_grad(q, k, v):
         out, lse = _FlashAttnFn.apply(q, k, v, scale, bool(causal), window, float(softcap))
@@ -118,6 +127,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     """Packed q (total_q, Hq, D), k/v (total_k, Hk, D), int32 cu_seqlens (batch+1)
     -> out (total_q, Hq, D) [, lse float32 (Hq, total_q)]."""
     _reject_unsupported(dropout_p, alibi_slopes, return_attn_probs)
+    _check_devices(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
     scale, window = _scale(q, softmax_scale), _window(window_size)
     if _needs_grad(q, k, v):
         out, lse = _FlashAttnVarlenFn.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
