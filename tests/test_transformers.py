@@ -285,9 +285,11 @@ def test_strict_mode_raises_and_a_later_non_strict_load_still_works(enabled, mis
 
 
 @pytest.fixture(scope="session")
-def tf523_path(request) -> Path:
-    """transformers 5.23.0 (no deps) installed into the pytest cache on first use; skip if pip cannot get it."""
-    root = Path(request.config.cache.mkdir("transformers-" + TF523))
+def tf523_path(request, tmp_path_factory) -> Path:
+    """transformers 5.23.0 (no deps) installed into the pytest cache on first use (a session temp dir when the
+    cache plugin is off); skip if pip cannot get it."""
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("transformers-" + TF523)) if cache else tmp_path_factory.mktemp("transformers-" + TF523)
     target = root / "site"
     if not (target / "transformers" / "__init__.py").is_file():
         staging = root / f"staging-{os.getpid()}"
