@@ -25,6 +25,8 @@ namespace {
 
 constexpr int kRowsQK = 8;   // query rows per Q·K^T micro-tile (x 32 keys)
 constexpr int kRowsPV = 4;   // query rows per P·V micro-tile (x up to 64 dims)
+constexpr int kVecs = kBlockK / 16;  // score vectors per row of a key block
+static_assert(kBlockK % 32 == 0, "key blocks are processed in 32-key halves");
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -306,11 +308,11 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
       }
     }
 
-    // Online softmax, one row at a time, 64 keys as 4 vectors.
+    // Online softmax, one row at a time, kBlockK keys as kVecs vectors.
     for (int64_t r = 0; r < kBlockQ; ++r) {
       float* srow = S + r * kBlockK;
-      __m512 x[4];
-      for (int c = 0; c < 4; ++c) {
+      __m512 x[kVecs];
+      for (int c = 0; c < kVecs; ++c) {
         x[c] = _mm512_mul_ps(_mm512_loadu_ps(srow + 16 * c), pre);
         if (cap > 0.f) x[c] = _mm512_mul_ps(capv, tanh512(x[c]));
       }
@@ -324,14 +326,15 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
         rhi = rhi > kBlockK - 1 ? kBlockK - 1 : rhi;
         const __m512i vlo = _mm512_set1_epi32(int(rlo > kBlockK ? kBlockK : rlo));
         const __m512i vhi = _mm512_set1_epi32(int(rhi < -1 ? -1 : rhi));
-        for (int c = 0; c < 4; ++c) {
+        for (int c = 0; c < kVecs; ++c) {
           const __m512i idx = _mm512_add_epi32(lane, _mm512_set1_epi32(16 * c));
           const __mmask16 vis = _mm512_cmpge_epi32_mask(idx, vlo) & _mm512_cmple_epi32_mask(idx, vhi);
           x[c] = _mm512_mask_blend_ps(vis, _mm512_set1_ps(ninf), x[c]);
         }
       }
-      const float mx = _mm512_reduce_max_ps(
-          _mm512_max_ps(_mm512_max_ps(x[0], x[1]), _mm512_max_ps(x[2], x[3])));
+      __m512 vmax = x[0];
+      for (int c = 1; c < kVecs; ++c) vmax = _mm512_max_ps(vmax, x[c]);
+      const float mx = _mm512_reduce_max_ps(vmax);
       const float m_new = mx > m[r] ? mx : m[r];
       if (m_new == ninf) {  // nothing visible yet: contribute nothing
         if (kBf16) memset(Pw + r * (kBlockK / 2), 0, sizeof(uint32_t) * (kBlockK / 2));
@@ -340,10 +343,12 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
       }
       const float alpha = expf(m[r] - m_new);
       const __m512 mv = _mm512_set1_ps(m_new);
-      for (int c = 0; c < 4; ++c) x[c] = exp512(_mm512_sub_ps(x[c], mv));
-      const float sum = _mm512_reduce_add_ps(
-          _mm512_add_ps(_mm512_add_ps(x[0], x[1]), _mm512_add_ps(x[2], x[3])));
-      l[r] = l[r] * alpha + sum;
+      __m512 vsum = _mm512_setzero_ps();
+      for (int c = 0; c < kVecs; ++c) {
+        x[c] = exp512(_mm512_sub_ps(x[c], mv));
+        vsum = _mm512_add_ps(vsum, x[c]);
+      }
+      l[r] = l[r] * alpha + _mm512_reduce_add_ps(vsum);
       m[r] = m_new;
       if (alpha != 1.f) {
         const __m512 av = _mm512_set1_ps(alpha);
@@ -353,10 +358,10 @@ void fwd_block_impl(const FwdParams& p, int64_t b, int64_t h, int64_t qblock, fl
       }
       if (kBf16) {
         uint32_t* prow = Pw + r * (kBlockK / 2);
-        _mm512_storeu_si512(prow, (__m512i)_mm512_cvtne2ps_pbh(x[1], x[0]));
-        _mm512_storeu_si512(prow + 16, (__m512i)_mm512_cvtne2ps_pbh(x[3], x[2]));
+        for (int c = 0; c < kVecs; c += 2)
+          _mm512_storeu_si512(prow + 8 * c, (__m512i)_mm512_cvtne2ps_pbh(x[c + 1], x[c]));
       } else {
-        for (int c = 0; c < 4; ++c) _mm512_storeu_ps(srow + 16 * c, x[c]);
+        for (int c = 0; c < kVecs; ++c) _mm512_storeu_ps(srow + 16 * c, x[c]);
       }
     }
 
