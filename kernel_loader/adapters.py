@@ -148,6 +148,8 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
             why = "attention dropout in training"
         if why is None and attention_mask is not None and attention_mask.dim() != 2:
             why = f"a {attention_mask.dim()}-D attention mask (the kernel takes padding masks only)"
+        if attention_mask is None and kwargs.get("cu_seq_lens_q") is None:
+            _packed_from_position_ids(query, key, kwargs)
         packed = kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None
         needs_varlen = packed or (attention_mask is not None and not bool(attention_mask.all()))
         if why is None and needs_varlen and kernel.varlen is None:
@@ -210,6 +212,24 @@ def _packed(kernel, query, key, value, kwargs, scale, causal, window, softcap):
     max_k = kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max())
     out = _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap)
     return out.unsqueeze(0)  # (1, total, H, D)
+
+
+def _packed_from_position_ids(query, key, kwargs) -> None:
+    """Padding-free batches (batch 1, sequences packed back to back, position ids restarting at each one, no mask)
+    get cu_seq_lens derived from the restarts, as transformers' own flash path does; otherwise the sequences
+    would attend across each other."""
+    pos = kwargs.get("position_ids")
+    if pos is None or query.shape[0] != 1 or query.shape[2] == 1 or query.shape[2] != key.shape[2]:
+        return
+    pos = pos.reshape(-1)
+    if pos.numel() != query.shape[2]:
+        return
+    starts = (pos == pos.min()).nonzero().view(-1)
+    if starts.numel() <= 1:
+        return
+    cu = torch.cat([starts.to(torch.int32), torch.tensor([pos.numel()], dtype=torch.int32, device=pos.device)])
+    kwargs["cu_seq_lens_q"] = kwargs["cu_seq_lens_k"] = cu
+    kwargs["max_length_q"] = kwargs["max_length_k"] = int(cu.diff().max())
 
 
 def _cu(lengths: torch.Tensor) -> torch.Tensor:

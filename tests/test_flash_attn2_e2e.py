@@ -163,3 +163,21 @@ def test_output_attentions_goes_to_sdpa_for_that_call(fa2):
     with pytest.warns(UserWarning, match="output_attentions"):
         out, _ = fa2.attention(module, q, k, v, None, output_attentions=True)
     torch.testing.assert_close(out.transpose(1, 2), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_packed_sequences_from_position_ids(fa2):
+    """Padding-free batch: three sequences back to back in batch 1, position ids restart at each; no mask."""
+    lens = [5, 11, 8]
+    s, hq, hk, d = sum(lens), 4, 2, 32
+    q, k, v = rand(1, hq, s, d), rand(1, hk, s, d), rand(1, hk, s, d)
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    module = torch.nn.Module()
+    module.is_causal = True
+    out, _ = fa2.attention(module, q, k, v, None, position_ids=pos)
+    start = 0
+    for n in lens:
+        sl = slice(start, start + n)
+        ref, _ = attention_ref(q[:, :, sl].transpose(1, 2), k[:, :, sl].transpose(1, 2),
+                               v[:, :, sl].transpose(1, 2), causal=True)
+        torch.testing.assert_close(out[:, sl].double(), ref, atol=2e-5, rtol=2e-5)
+        start += n
