@@ -2,7 +2,7 @@
 
 Every source listed in build.toml is compiled with torch.utils.cpp_extension.load under an op
 namespace unique to the source contents, with the flags the builder uses (-O3 -std=c++17 -fopenmp,
-include dir: the repo root, plus each section's cxx-flags). A generated `_ops.py` (the
+include dirs: the repo root and [torch] include, plus each section's cxx-flags). A generated `_ops.py` (the
 builder generates the real one) points the package at that namespace.
 """
 
@@ -24,6 +24,7 @@ PACKAGE = ROOT / "torch-ext" / "flash_attn2"
 def _sources_and_flags():
     cfg = tomllib.loads((ROOT / "build.toml").read_text())
     sources = list(cfg["torch"]["src"])
+    includes = [ROOT] + [ROOT / d for d in cfg["torch"].get("include", [])]
     flags = None
     for name, kernel in cfg.get("kernel", {}).items():
         if kernel.get("backend") != "cpu":
@@ -35,12 +36,12 @@ def _sources_and_flags():
                 f"build.toml: cpu kernel sections use different cxx-flags ({flags} vs {section_flags} in "
                 f"[kernel.{name}]); cpu_ext.py compiles them in one go and needs them equal")
         flags = section_flags
-    return [ROOT / s for s in sources], flags or []
+    return [ROOT / s for s in sources], flags or [], includes
 
 
 def build(build_dir: Path) -> str:
     """Compiles (or reuses) the extension; returns its op namespace."""
-    sources, flags = _sources_and_flags()
+    sources, flags, includes = _sources_and_flags()
     digest = hashlib.sha256()
     for path in sorted(sources):
         digest.update(path.read_bytes())
@@ -53,7 +54,7 @@ def build(build_dir: Path) -> str:
         sources=[str(s) for s in sources if s.suffix == ".cpp"],
         extra_cflags=["-O3", "-std=c++17", "-fopenmp", *flags],
         extra_ldflags=["-fopenmp"],
-        extra_include_paths=[str(ROOT)],
+        extra_include_paths=[str(d) for d in includes],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=False,
