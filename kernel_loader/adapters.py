@@ -118,10 +118,10 @@ class FlashKernel:
         return None
 
     def dense(self, q, k, v, *, scale, causal, window, softcap):
-        """(B, H, S, D) in and out; the kernel takes (B, S, H, D)."""
-        out = self.func(q.transpose(1, 2).contiguous(), k.transpose(1, 2).contiguous(),
-                        v.transpose(1, 2).contiguous(), softmax_scale=scale, causal=causal,
-                        window_size=window, softcap=softcap or 0.0)
+        """(B, H, S, D) in; (B, S, H, D) out. The transposes are views: flash kernels need only the last dim
+        contiguous (a kernel that needs more makes its own copy)."""
+        out = self.func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
+                        causal=causal, window_size=window, softcap=softcap or 0.0)
         if isinstance(out, tuple):
             out = out[0]
         return out  # (B, S, H, D)
