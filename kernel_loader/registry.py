@@ -44,10 +44,18 @@ def load_and_register(spec: str, *, name: str | None = None, version=None, stric
     return register(name or spec, loaded, transformers=transformers)
 
 
-def mask_function(loaded: LoadedKernel):
-    from transformers.masking_utils import flash_attention_mask, sdpa_mask
+MASK_FORMATS = ("flash", "sdpa")
 
-    return flash_attention_mask if loaded.mask_format == "flash" else sdpa_mask
+
+def mask_function(mask_format: str):
+    """transformers' mask builder for a LoadedKernel.mask_format."""
+    from transformers import masking_utils
+
+    if mask_format == "flash":
+        return masking_utils.flash_attention_mask
+    if mask_format == "sdpa":
+        return masking_utils.sdpa_mask
+    raise ValueError(f"unknown mask_format {mask_format!r}; valid: {', '.join(MASK_FORMATS)}")
 
 
 def register_in_transformers(name: str, loaded: LoadedKernel) -> bool:
@@ -58,5 +66,5 @@ def register_in_transformers(name: str, loaded: LoadedKernel) -> bool:
     except ImportError:
         return False
     AttentionInterface.register(name, loaded.attention)
-    AttentionMaskInterface.register(name, mask_function(loaded))
+    AttentionMaskInterface.register(name, mask_function(loaded.mask_format))
     return True

@@ -66,8 +66,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .registry import MASK_FORMATS, mask_function  # noqa: F401  (re-exported for users of the hook)
+
 SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((5, 22), (5, 23))
-MASK_FORMATS = ("flash", "sdpa")
 
 # Seam for the loader: None means kernel_loader.api.load, imported on first use (it pulls in the Hub machinery).
 _loader: Callable[..., Any] | None = None
@@ -154,17 +155,6 @@ def loaded_kernels() -> dict[str, Any]:
     """The LoadedKernel registered for each ``attn_implementation`` string since :func:`enable`."""
     with _lock:
         return dict(_state.loaded) if _state is not None else {}
-
-
-def mask_function(mask_format: str) -> Callable:
-    """transformers' mask builder for a LoadedKernel.mask_format."""
-    from transformers import masking_utils
-
-    if mask_format == "flash":
-        return masking_utils.flash_attention_mask
-    if mask_format == "sdpa":
-        return masking_utils.sdpa_mask
-    raise ValueError(f"unknown mask_format {mask_format!r}; valid: {', '.join(MASK_FORMATS)}")
 
 
 def _check_version(version: str, force: bool) -> None:
