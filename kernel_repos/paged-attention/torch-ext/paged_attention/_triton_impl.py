@@ -1,0 +1,200 @@
+"""Triton decode for CUDA: GQA-grouped, split-K over the context.
+
+One program per (sequence, KV head, context partition) loads the G query heads that share the KV head (padded to
+16 rows for tensor-core dots), then walks the partition in tiles of TILE tokens, gathering each token's page from
+the block table. Every K/V byte of a partition is read once for all G heads. Partial results (max logit, exp sum,
+normalised output) are merged by a second small kernel; with one partition the first kernel writes ``out``
+directly. Both cache layouts go through the same kernel: element (token t, dim d) of a page is at
+``t * stride_t + (d // X) * stride_x + d % X`` (vLLM K: X = 16 bytes / element; flash: X = head_size).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _decode_partial(
+    Q, K, V, BT, SL, SLOPES, OUT, M_OUT, L_OUT, ACC_OUT,
+    qk_scale, v_scale,
+    stride_qs, stride_qh,
+    stride_kb, stride_kh, stride_kt, stride_kx,
+    stride_vb, stride_vh, stride_vt, stride_vd,
+    stride_bts,
+    stride_os, stride_oh,
+    stride_ms, stride_mh,
+    stride_as, stride_ah, stride_ap,
+    G: tl.constexpr, G_PAD: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, X: tl.constexpr,
+    PAGE: tl.constexpr, TILE: tl.constexpr, PART: tl.constexpr, HAS_ALIBI: tl.constexpr, FP8: tl.constexpr, DIRECT: tl.constexpr,
+):
+    s = tl.program_id(0)
+    kvh = tl.program_id(1)
+    p = tl.program_id(2)
+    seq_len = tl.load(SL + s).to(tl.int32)
+    start = p * PART
+    end = tl.minimum(start + PART, seq_len)
+
+    offs_g = tl.arange(0, G_PAD)
+    mask_g = offs_g < G
+    heads = kvh * G + offs_g
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    q = tl.load(Q + s.to(tl.int64) * stride_qs + heads[:, None] * stride_qh + offs_d[None, :],
+                mask=mask_g[:, None] & mask_d[None, :], other=0.0)
+    if HAS_ALIBI:
+        slope = tl.load(SLOPES + heads, mask=mask_g, other=0.0) * 1.4426950408889634
+
+    m_i = tl.full([G_PAD], float("-inf"), tl.float32)
+    l_i = tl.zeros([G_PAD], tl.float32)
+    acc = tl.zeros([G_PAD, D], tl.float32)
+    k_d = (offs_d // X) * stride_kx + offs_d % X
+    for t0 in range(start, end, TILE):
+        offs_t = t0 + tl.arange(0, TILE)
+        mask_t = offs_t < end
+        blk = tl.load(BT + s.to(tl.int64) * stride_bts + offs_t // PAGE, mask=mask_t, other=0).to(tl.int64)
+        slot = offs_t % PAGE
+        k = tl.load(K + blk[:, None] * stride_kb + kvh * stride_kh + slot[:, None] * stride_kt + k_d[None, :],
+                    mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+        v = tl.load(V + blk[:, None] * stride_vb + kvh * stride_vh + slot[:, None] * stride_vt
+                    + offs_d[None, :] * stride_vd, mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+        if FP8:
+            k = k.to(tl.float8e4nv, bitcast=True).to(q.dtype)
+            v = v.to(tl.float8e4nv, bitcast=True).to(q.dtype)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale  # log2 domain
+        if HAS_ALIBI:
+            qk += slope[:, None] * (offs_t - seq_len + 1).to(tl.float32)[None, :]
+        qk = tl.where(mask_t[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        alpha = tl.exp2(m_i - m_new)
+        pr = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(pr, 1)
+        acc = acc * alpha[:, None] + tl.dot(pr.to(v.dtype), v)
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    res = acc * (v_scale / l_safe)[:, None]
+    if DIRECT:
+        tl.store(OUT + s.to(tl.int64) * stride_os + heads[:, None] * stride_oh + offs_d[None, :],
+                 res.to(OUT.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+    else:
+        mrow = s.to(tl.int64) * stride_ms + heads * stride_mh + p
+        tl.store(M_OUT + mrow, m_i / 1.4426950408889634, mask=mask_g)  # natural log, like vLLM's max_logits
+        tl.store(L_OUT + mrow, l_i, mask=mask_g)
+        tl.store(ACC_OUT + s.to(tl.int64) * stride_as + heads[:, None] * stride_ah + p * stride_ap + offs_d[None, :],
+                 res.to(ACC_OUT.dtype.element_ty), mask=mask_g[:, None] & mask_d[None, :])
+
+
+@triton.jit
+def _decode_reduce(
+    OUT, M_IN, L_IN, ACC_IN, SL,
+    stride_os, stride_oh, stride_ms, stride_mh, stride_as, stride_ah, stride_ap,
+    D: tl.constexpr, D_PAD: tl.constexpr, PART: tl.constexpr, P_PAD: tl.constexpr,
+):
+    s = tl.program_id(0)
+    h = tl.program_id(1)
+    seq_len = tl.load(SL + s).to(tl.int32)
+    nparts = (seq_len + PART - 1) // PART
+    offs_p = tl.arange(0, P_PAD)
+    mask_p = offs_p < nparts
+    row = s.to(tl.int64) * stride_ms + h * stride_mh + offs_p
+    m = tl.load(M_IN + row, mask=mask_p, other=float("-inf"))
+    l = tl.load(L_IN + row, mask=mask_p, other=0.0)
+    big_m = tl.max(m, 0)
+    big_m = tl.where(big_m > float("-inf"), big_m, 0.0)
+    w = tl.where(mask_p, l * tl.exp(m - big_m), 0.0)
+    denom = tl.sum(w, 0)
+    offs_d = tl.arange(0, D_PAD)
+    mask_d = offs_d < D
+    acc = tl.load(ACC_IN + s.to(tl.int64) * stride_as + h * stride_ah + offs_p[:, None] * stride_ap
+                  + offs_d[None, :], mask=mask_p[:, None] & mask_d[None, :], other=0.0).to(tl.float32)
+    res = tl.sum(acc * w[:, None], 0) / tl.where(denom > 0, denom, 1.0)
+    tl.store(OUT + s.to(tl.int64) * stride_os + h * stride_oh + offs_d, res.to(OUT.dtype.element_ty), mask=mask_d)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+# (TILE, num_warps, num_stages) by head size; chosen from the H100 sweep in benchmarks/results_h100.json.
+TUNING = {64: (64, 4, 3), 128: (64, 4, 3), 256: (32, 4, 3)}
+
+
+def config_for(head_size: int, overrides: dict | None = None) -> tuple[int, int, int]:
+    cfg = TUNING.get(head_size) or TUNING[128 if head_size <= 128 else 256]
+    if overrides:
+        cfg = (overrides.get("tile", cfg[0]), overrides.get("num_warps", cfg[1]), overrides.get("num_stages", cfg[2]))
+    return cfg
+
+
+def choose_partition(num_seqs: int, num_kv_heads: int, max_seq_len: int, tile: int, device) -> int:
+    """Split the context only as much as needed to give every SM a few programs."""
+    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    programs = max(1, num_seqs * num_kv_heads)
+    parts = max(1, min(-(-target // programs), -(-max_seq_len // tile)))
+    part = -(-max_seq_len // parts)
+    return max(tile, -(-part // tile) * tile)
+
+
+def decode(out, query, key_cache, value_cache, geom, scale, block_tables, seq_lens, max_seq_len, alibi_slopes,
+           k_scale: float, v_scale: float, partition_size: int | None, partials=None, tuning: dict | None = None):
+    num_seqs, hq, d = query.shape
+    if num_seqs == 0:
+        return
+    hk = geom.num_kv_heads
+    g = hq // hk
+    tile, warps, stages = config_for(d, tuning)
+    max_len = max(int(max_seq_len), 1)
+    part = partition_size if partition_size is not None else choose_partition(num_seqs, hk, max_len, tile,
+                                                                              query.device)
+    tile = min(tile, part)
+    nparts = -(-max_len // part)
+    if geom.layout == "vllm":
+        kx = key_cache.shape[-1]
+        sk = (key_cache.stride(0), key_cache.stride(1), kx, key_cache.stride(2))
+        sv = (value_cache.stride(0), value_cache.stride(1), 1, value_cache.stride(2))
+    else:
+        kx = d
+        sk = (key_cache.stride(0), key_cache.stride(2), key_cache.stride(1), 0)
+        sv = (value_cache.stride(0), value_cache.stride(2), value_cache.stride(1), 1)
+    direct = nparts == 1 and partials is None
+    if direct:
+        m_buf = l_buf = acc_buf = out
+        sm = (0, 0)
+        sa = (0, 0, 0)
+    else:
+        if partials is not None:
+            l_buf, m_buf, acc_buf = partials  # (exp_sums, max_logits, tmp_out)
+        else:
+            m_buf = torch.empty(num_seqs, hq, nparts, device=query.device, dtype=torch.float32)
+            l_buf = torch.empty_like(m_buf)
+            acc_buf = torch.empty(num_seqs, hq, nparts, d, device=query.device, dtype=torch.float32)
+        sm = (m_buf.stride(0), m_buf.stride(1))
+        sa = (acc_buf.stride(0), acc_buf.stride(1), acc_buf.stride(2))
+    slopes = alibi_slopes.float().contiguous() if alibi_slopes is not None else seq_lens
+    kc = key_cache.view(torch.uint8) if geom.fp8 else key_cache
+    vc = value_cache.view(torch.uint8) if geom.fp8 else value_cache
+    _decode_partial[(num_seqs, hk, nparts)](
+        query, kc, vc, block_tables, seq_lens, slopes, out, m_buf, l_buf, acc_buf,
+        scale * k_scale * LOG2E, v_scale,
+        query.stride(0), query.stride(1),
+        *sk, *sv,
+        block_tables.stride(0),
+        out.stride(0), out.stride(1),
+        *sm, *sa,
+        G=g, G_PAD=max(16, triton.next_power_of_2(g)), D=d, D_PAD=triton.next_power_of_2(d), X=kx, PAGE=geom.block_size, TILE=tile, PART=part,
+        HAS_ALIBI=alibi_slopes is not None, FP8=geom.fp8, DIRECT=direct,
+        num_warps=warps, num_stages=stages,
+    )
+    if not direct:
+        _decode_reduce[(num_seqs, hq)](
+            out, m_buf, l_buf, acc_buf, seq_lens,
+            out.stride(0), out.stride(1), *sm, *sa,
+            D=d, D_PAD=triton.next_power_of_2(d), PART=part, P_PAD=max(2, triton.next_power_of_2(nparts)), num_warps=4,
+        )
