@@ -189,48 +189,48 @@ def _qkv(shape=(1, 8, 2, 16), dtype=torch.float32):
 
 
 @pytest.mark.parametrize("make,match", [
-    (lambda: _qkv(dtype=torch.float16), "q must be float32 or bfloat16"),
-    (lambda: _qkv(shape=(1, 8, 2, 12)), "head dim must be a multiple of 8 in \\[8, 256\\], got 12"),
-    (lambda: _qkv(shape=(1, 8, 2, 264)), "multiple of 8 in \\[8, 256\\], got 264"),
+    (lambda: _qkv(dtype=torch.float16), "q has dtype torch.float16; supported on cpu"),
+    (lambda: _qkv(shape=(1, 8, 2, 12)), "head dim 12 is not supported on cpu"),
+    (lambda: _qkv(shape=(1, 8, 2, 264)), "head dim 264 is not supported on cpu"),
     (lambda: (torch.randn(1, 8, 3, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16)),
-     "number of q heads \\(3\\) must be a multiple of the number of k/v heads \\(2\\)"),
+     "query heads \\(3\\) must be a multiple of key/value heads \\(2\\)"),
     (lambda: (torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 32)[..., ::2], torch.randn(1, 8, 2, 16)),
      "k must be contiguous in its last"),
     (lambda: (torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16), torch.randn(1, 9, 2, 16)),
-     "k and v must have the same shape"),
+     "k \\(1, 8, 2, 16\\) and v \\(1, 9, 2, 16\\) must have the same"),
     (lambda: (torch.randn(1, 8, 2, 16), torch.randn(1, 8, 2, 16).bfloat16(), torch.randn(1, 8, 2, 16)),
      "must share one dtype"),
-    (lambda: (torch.randn(8, 2, 16),) * 3, "q must have 4 dims"),
+    (lambda: (torch.randn(8, 2, 16),) * 3, "q must be 4-D"),
     (lambda: (torch.randn(1, 8, 2, 16), torch.randn(2, 8, 2, 16), torch.randn(2, 8, 2, 16)),
-     "k/v batch \\(2\\) must equal q batch \\(1\\)"),
+     "batch sizes differ: q 1, k 2"),
 ])
 def test_bad_inputs_name_the_argument(flash_attn2, make, match):
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         flash_attn2.flash_attn_func(*make())
 
 
 def test_bad_softcap_and_window(flash_attn2):
     q = torch.randn(1, 8, 2, 16)
-    with pytest.raises(RuntimeError, match="softcap must be >= 0"):
+    with pytest.raises(ValueError, match="softcap must be >= 0"):
         flash_attn2.flash_attn_func(q, q, q, softcap=-1.0)
     with pytest.raises(ValueError, match="window_size must be a pair"):
         flash_attn2.flash_attn_func(q, q, q, window_size=3)
 
 
 @pytest.mark.parametrize("cu_q,cu_k,match", [
-    (torch.tensor([0, 4, 8], dtype=torch.int64), None, "cu_seqlens_q must be int32"),
-    (torch.tensor([0, 6, 4], dtype=torch.int32), None, "cu_seqlens_q must be non-decreasing, got 6 then 4"),
-    (torch.tensor([1, 4, 8], dtype=torch.int32), None, "cu_seqlens_q\\[0\\] must be 0"),
-    (torch.tensor([0, 4, 9], dtype=torch.int32), None, "exceeds the number of packed rows \\(8\\)"),
-    (None, torch.tensor([0, 8], dtype=torch.int32), "must have the same length"),
-    (torch.tensor([0, 1, 8], dtype=torch.int32), None, "length 7 > max_seqlen \\(6\\)"),
+    (torch.tensor([0, 4, 8], dtype=torch.int64), None, "cu_seqlens_q must be a 1-D int32 tensor"),
+    (torch.tensor([0, 6, 4], dtype=torch.int32), None, "cu_seqlens_q must start at 0 and never decrease, got \\[0, 6, 4\\]"),
+    (torch.tensor([1, 4, 8], dtype=torch.int32), None, "cu_seqlens_q must start at 0 and never decrease, got \\[1, 4, 8\\]"),
+    (torch.tensor([0, 4, 9], dtype=torch.int32), None, "cu_seqlens_q ends at 9 but the packed tensor has 8 tokens"),
+    (None, torch.tensor([0, 8], dtype=torch.int32), "cu_seqlens_q has 3 entries but cu_seqlens_k has 2"),
+    (torch.tensor([0, 1, 8], dtype=torch.int32), None, "a sequence of 7 tokens but max_seqlen_q=6"),
 ])
 def test_bad_cu_seqlens(flash_attn2, cu_q, cu_k, match):
     q = torch.randn(8, 2, 16)
     default = torch.tensor([0, 4, 8], dtype=torch.int32)
     cu_q = default if cu_q is None else cu_q
     cu_k = default if cu_k is None else cu_k
-    with pytest.raises(RuntimeError, match=match):
+    with pytest.raises(ValueError, match=match):
         flash_attn2.flash_attn_varlen_func(q, q, q, cu_q, cu_k, 6, 6)
 
 
@@ -244,7 +244,11 @@ def test_isa_env_var_is_validated(flash_attn2, monkeypatch):
 
 def test_supported_and_public_api(flash_attn2):
     assert set(flash_attn2.__all__) >= {"flash_attn_func", "flash_attn_varlen_func"}
-    assert flash_attn2.SUPPORTED["dtypes"] == (torch.float32, torch.bfloat16)
+    assert "flash_attn_with_kvcache" in flash_attn2.__all__
+    assert flash_attn2.SUPPORTED["dtypes_by_device"]["cpu"] == (torch.float32, torch.bfloat16)
+    assert flash_attn2.SUPPORTED["dtypes_by_device"]["cuda"] == (torch.float16, torch.bfloat16)
+    assert set(flash_attn2.SUPPORTED["dtypes"]) >= {torch.float32, torch.bfloat16}
+    assert "cpu" in flash_attn2.SUPPORTED["devices"] and flash_attn2.SUPPORTED["backward"] is True
     assert 128 in flash_attn2.SUPPORTED["head_dims"] and 12 not in flash_attn2.SUPPORTED["head_dims"]
 
 
@@ -284,8 +288,8 @@ def test_large_scores_stay_stable(flash_attn2, isa, dtype):
 
 def test_non_cpu_tensors_are_refused_by_name(flash_attn2):
     q = torch.randn(1, 8, 2, 16)
-    with pytest.raises(ValueError, match="k is on device 'meta'; this build runs on cpu tensors only"):
+    with pytest.raises(ValueError, match="all tensors must be on one device; q is on cpu, k on meta"):
         flash_attn2.flash_attn_func(q, q.to("meta"), q)
     cu = torch.tensor([0, 8], dtype=torch.int32)
-    with pytest.raises(ValueError, match="cu_seqlens_k is on device 'meta'"):
+    with pytest.raises(ValueError, match="q is on cpu, cu_seqlens_k on meta"):
         flash_attn2.flash_attn_varlen_func(q[0], q[0], q[0], cu, cu.to("meta"), 8, 8)

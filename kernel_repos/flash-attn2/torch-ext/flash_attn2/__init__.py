@@ -1,19 +1,18 @@
-"""flash_attn 2.x forward API on CPU (x86-64; AVX-512 BF16 kernel with a portable fallback).
+"""flash_attn 2.x API on CPU (compiled AVX-512 BF16 kernel with a portable fallback) and CUDA (Triton, sm80+).
 
-Layouts are flash_attn's: ``q (batch, seqlen_q, heads_q, head_dim)``, ``k/v (batch, seqlen_k,
-heads_k, head_dim)`` and, for the varlen call, packed ``(total_tokens, heads, head_dim)`` with int32
-``cu_seqlens``. Supported: float32 and bfloat16, head dims that are multiples of 8 up to 256,
-causal (aligned bottom-right), sliding windows, softcap, GQA/MQA, ``return_softmax_lse``.
+Layouts are flash_attn's: ``q (batch, seqlen_q, heads_q, head_dim)``, ``k/v (batch, seqlen_k, heads_k, head_dim)``,
+packed ``(total_tokens, heads, head_dim)`` with int32 ``cu_seqlens`` for the varlen call, and contiguous or paged
+kv caches for ``flash_attn_with_kvcache``. Causal (aligned bottom-right), sliding windows (blocks outside the window
+are skipped), softcap, GQA/MQA, ``return_softmax_lse``; forward and backward through torch.library custom ops.
 
-The compiled kernel is forward-only. Backward works, but through a reference path: when autograd
-needs gradients, they are computed by recomputing attention with plain torch ops in float32,
-which materialises the (seqlen_q x seqlen_k) score matrix per head. It is correct, not fast.
+- CPU: float32/bfloat16, head dims multiples of 8 up to 256. The compiled kernel is forward-only; gradients come
+  from a float32 recompute (correct, not fast). ``FLASH_ATTN2_CPU_ISA=portable|avx512|auto``.
+- CUDA: float16/bfloat16, head dims 64, 96, 128, 256 (the kernel_loader adapter sends others to SDPA per call).
+  ``FLASH_ATTN2_CUDA_IMPL=triton|compiled`` picks Triton (default) or the build's compiled CUDA forward.
 Not supported (NotImplementedError): ``dropout_p > 0``, ``alibi_slopes``, ``return_attn_probs``.
-
-``FLASH_ATTN2_CPU_ISA=portable|avx512|auto`` forces the portable or the AVX-512 kernel (default
-auto: AVX-512 when the CPU has AVX512F/BW/VL/DQ/BF16 and the head dim is a multiple of 16).
 """
 
-from .interface import SUPPORTED, cpu_isa, flash_attn_func, flash_attn_varlen_func
+from .interface import (SUPPORTED, cpu_isa, flash_attn_func, flash_attn_varlen_func,
+                        flash_attn_with_kvcache)
 
-__all__ = ["flash_attn_func", "flash_attn_varlen_func", "cpu_isa", "SUPPORTED"]
+__all__ = ["flash_attn_func", "flash_attn_varlen_func", "flash_attn_with_kvcache", "cpu_isa", "SUPPORTED"]

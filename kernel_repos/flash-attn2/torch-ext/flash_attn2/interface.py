@@ -1,51 +1,89 @@
-"""flash_attn_func / flash_attn_varlen_func on top of the compiled CPU ops."""
+"""flash_attn 2.x API: ``flash_attn_func``, ``flash_attn_varlen_func``, ``flash_attn_with_kvcache``.
+
+CPU tensors run the compiled CPU kernel (forward; gradients by a float32 recompute). CUDA tensors run the Triton
+kernels (forward and backward; sm80+), or the build's compiled CUDA op when ``FLASH_ATTN2_CUDA_IMPL=compiled``.
+Every entry point goes through torch.library custom ops (see _custom_ops.py), so torch.compile(fullgraph=True)
+traces through it.
+"""
 
 from typing import Optional, Sequence, Tuple
 
 import torch
 
-from . import _reference
-from ._ops import ops
+from . import _checks, _custom_ops, _kvcache
 
+try:
+    from ._ops import ops
+except ImportError:  # a package-only (noarch) build may ship no _ops
+    ops = None
+
+CPU_DTYPES = (torch.float32, torch.bfloat16)
+CPU_HEAD_DIMS = tuple(range(8, 257, 8))
+
+
+def _devices() -> tuple:
+    devices = []
+    if ops is not None and _custom_ops.has_kernel(ops, "fwd", "CPU"):
+        devices.append("cpu")
+    if _custom_ops.has_kernel(ops, "fwd", "CUDA") or _custom_ops.triton_available():
+        devices.append("cuda")
+    return tuple(devices)
+
+
+_DEVICES = _devices()
 SUPPORTED = {
-    "dtypes": (torch.float32, torch.bfloat16),
-    "head_dims": tuple(range(8, 257, 8)),
-    "devices": ("cpu",),
+    "devices": _DEVICES,
+    # Union over devices for readers that know only "dtypes"; the per-device keys are what the adapter uses.
+    "dtypes": tuple(dict.fromkeys((CPU_DTYPES if "cpu" in _DEVICES else ())
+                                  + (_checks.GPU_DTYPES if "cuda" in _DEVICES else ()))),
+    "head_dims": tuple(sorted(set(CPU_HEAD_DIMS if "cpu" in _DEVICES else ())
+                              | set(_checks.GPU_HEAD_DIMS if "cuda" in _DEVICES else ()))),
+    "dtypes_by_device": {"cpu": CPU_DTYPES, "cuda": _checks.GPU_DTYPES},
+    "head_dims_by_device": {"cpu": CPU_HEAD_DIMS, "cuda": _checks.GPU_HEAD_DIMS},
+    "backward": True,
 }
+
+_OPS = _custom_ops.register(__name__, ops)
 
 
 def cpu_isa(head_dim: int = 128) -> str:
-    """Kernel a call with this head dim uses now: "avx512" or "portable" (see FLASH_ATTN2_CPU_ISA)."""
+    """Kernel a CPU call with this head dim uses now: "avx512" or "portable" (see FLASH_ATTN2_CPU_ISA)."""
+    if ops is None:
+        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel")
     return ops.cpu_isa(int(head_dim))
 
 
-def _reject_unsupported(dropout_p: float, alibi_slopes, return_attn_probs: bool) -> None:
+def _limits(device: torch.device):
+    """(dtypes, head dims) a call on this device accepts."""
+    if device.type == "cuda":
+        return _checks.GPU_DTYPES, _checks.GPU_HEAD_DIMS
+    if device.type == "cpu":
+        if _custom_ops._use_triton(device, ops):  # Triton on CPU tensors: the interpreter, for tests
+            return _checks.GPU_DTYPES + (torch.float32,), (16, 32) + _checks.GPU_HEAD_DIMS
+        return CPU_DTYPES, CPU_HEAD_DIMS
+    raise ValueError(f"flash_attn2: tensors on device '{device}'; this build runs on "
+                     f"{', '.join(_DEVICES) or 'no device (no CPU kernel, no Triton)'} tensors")
+
+
+def _reject_unsupported(who, dropout_p: float, alibi_slopes, return_attn_probs: bool) -> None:
     if dropout_p != 0.0:
-        raise NotImplementedError(
-            f"flash_attn2 (cpu): dropout_p={dropout_p} is not supported; only dropout_p=0.0 is")
+        raise NotImplementedError(f"{who}: dropout_p={dropout_p} is not supported; only dropout_p=0.0 is")
     if alibi_slopes is not None:
-        raise NotImplementedError("flash_attn2 (cpu): alibi_slopes is not supported; pass alibi_slopes=None")
+        raise NotImplementedError(f"{who}: alibi_slopes is not supported; pass alibi_slopes=None")
     if return_attn_probs:
         raise NotImplementedError(
-            "flash_attn2 (cpu): return_attn_probs=True is not supported (probabilities are never "
-            "materialised); use return_softmax_lse=True to get the log-sum-exp")
+            f"{who}: return_attn_probs=True is not supported (probabilities are never materialised); "
+            "use return_softmax_lse=True to get the log-sum-exp")
 
 
-def _check_devices(**tensors: torch.Tensor) -> None:
-    for name, t in tensors.items():
-        if isinstance(t, torch.Tensor) and t.device.type not in SUPPORTED["devices"]:
-            raise ValueError(
-                f"flash_attn2 (cpu): {name} is on device '{t.device}'; this build runs on "
-                f"{', '.join(SUPPORTED['devices'])} tensors only")
-
-
-def _window(window_size: Sequence[int]) -> Tuple[int, int]:
+def _window(who, window_size: Sequence[int]) -> Tuple[int, int]:
     try:
         left, right = (int(w) for w in window_size)
     except (TypeError, ValueError):
-        raise ValueError(
-            f"flash_attn2 (cpu): window_size must be a pair (left, right) of ints, -1 = unbounded; "
-            f"got {window_size!r}") from None
+        raise ValueError(f"{who}: window_size must be a pair (left, right) of ints, -1 = unbounded; "
+                         f"got {window_size!r}") from None
+    if left < -1 or right < -1:
+        raise ValueError(f"{who}: window_size entries must be >= -1 (-1 = unbounded), got {window_size!r}")
     return left, right
 
 
@@ -53,51 +91,11 @@ def _scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
     return q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _grads(inputs, outputs, grad_outputs):
-    """Gradients of the reference recomputation with respect to the inputs that need them."""
-    wanted = [t for t in inputs if t.requires_grad]
-    got = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
-    return [next(got) if t.requires_grad else None for t in inputs]
-
-
-class _FlashAttnFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scale, causal, window, softcap):
-        out, lse = ops.fwd(q, k, v, scale, causal, window[0], window[1], softcap, True)
-        ctx.save_for_backward(q, k, v)
-        ctx.args = (scale, causal, window, softcap)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(n) for t, n in zip(ctx.saved_tensors, ctx.needs_input_grad)]
-            out, lse = _reference.attention(*inputs, *ctx.args)
-            grads = _grads(inputs, (out, lse), (grad_out, grad_lse))
-        return (*grads, None, None, None, None)
-
-
-class _FlashAttnVarlenFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap):
-        out, lse = ops.varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window[0],
-                                  window[1], softcap, True)
-        ctx.save_for_backward(q, k, v, cu_q, cu_k)
-        ctx.args = (scale, causal, window, softcap)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, grad_out, grad_lse):
-        q, k, v, cu_q, cu_k = ctx.saved_tensors
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), ctx.needs_input_grad)]
-            out, lse = _reference.varlen_attention(*inputs, cu_q, cu_k, *ctx.args)
-            grads = _grads(inputs, (out, lse), (grad_out, grad_lse))
-        return (*grads, None, None, None, None, None, None, None, None)
+def _softcap(who, softcap) -> float:
+    softcap = float(softcap)
+    if softcap < 0:
+        raise ValueError(f"{who}: softcap must be >= 0 (0 = off), got {softcap}")
+    return softcap
 
 
 def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1),
@@ -106,17 +104,14 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out (B, Sq, Hq, D) [, lse float32 (B, Hq, Sq)].
 
     Causal and windows are aligned bottom-right (query i sits on key i + Sk - Sq); rows that see
-    no key give out 0 and lse -inf. ``deterministic`` is accepted and ignored (the forward is
-    deterministic).
+    no key give out 0 and lse -inf. ``deterministic`` is accepted and ignored (no atomics anywhere).
     """
-    _reject_unsupported(dropout_p, alibi_slopes, return_attn_probs)
-    _check_devices(q=q, k=k, v=v)
-    scale, window = _scale(q, softmax_scale), _window(window_size)
-    if _needs_grad(q, k, v):
-        out, lse = _FlashAttnFn.apply(q, k, v, scale, bool(causal), window, float(softcap))
-    else:
-        out, lse = ops.fwd(q, k, v, scale, bool(causal), window[0], window[1], float(softcap),
-                           bool(return_softmax_lse))
+    who = "flash_attn_func"
+    _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
+    _checks.dense(who, q, k, v, *_limits(q.device))
+    window = _window(who, window_size)
+    out, lse = _OPS.fwd(q, k, v, _scale(q, softmax_scale), bool(causal), window[0], window[1],
+                        _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
 
 
@@ -125,16 +120,30 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                            softcap=0.0, alibi_slopes=None, deterministic=False,
                            return_attn_probs=False, return_softmax_lse=False):
     """Packed q (total_q, Hq, D), k/v (total_k, Hk, D), int32 cu_seqlens (batch+1)
-    -> out (total_q, Hq, D) [, lse float32 (Hq, total_q)]."""
-    _reject_unsupported(dropout_p, alibi_slopes, return_attn_probs)
-    _check_devices(q=q, k=k, v=v, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k)
-    scale, window = _scale(q, softmax_scale), _window(window_size)
-    if _needs_grad(q, k, v):
-        out, lse = _FlashAttnVarlenFn.apply(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
-                                            int(max_seqlen_k), scale, bool(causal), window,
-                                            float(softcap))
-    else:
-        out, lse = ops.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q),
-                                  int(max_seqlen_k), scale, bool(causal), window[0], window[1],
-                                  float(softcap), bool(return_softmax_lse))
+    -> out (total_q, Hq, D) [, lse float32 (Hq, total_q)]. Packed rows after the last sequence get 0 / -inf."""
+    who = "flash_attn_varlen_func"
+    _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
+    _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_limits(q.device))
+    window = _window(who, window_size)
+    out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+                               _scale(q, softmax_scale), bool(causal), window[0], window[1], _softcap(who, softcap))
+    return (out, lse) if return_softmax_lse else out
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, block_table=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                            return_softmax_lse=False):
+    """Attention of q (B, Sq, Hq, D) over a kv cache, appending new k/v (B, S_new, Hk, D) in place first.
+
+    ``k_cache/v_cache``: (B, cache_len, Hk, D), or paged (num_pages, page_size, Hk, D) with int32
+    ``block_table (B, pages_per_seq)``. ``cache_seqlens`` (int or int32 (B,)) counts tokens already cached (None:
+    the whole cache). Keys seen: cache_seqlens + S_new per sequence; causal/windows aligned bottom-right.
+    -> out (B, Sq, Hq, D) [, lse float32 (B, Hq, Sq)]. Forward only (no gradients), like flash_attn's.
+    """
+    who = _kvcache.WHO
+    dtypes, head_dims = _limits(q.device)
+    seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, block_table, dtypes, head_dims)
+    window = _window(who, window_size)
+    out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, block_table, _scale(q, softmax_scale),
+                                bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
