@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,53 +434,23 @@ def publish_local(
     message: str | None = None,
     variants: list[str] | None = None,
     verify_digest: bool = True,
+    allow_dirty: bool = False,
+    kernel_dir: Path | str | None = None,
 ) -> PublishResult:
     """Commit ``build_dir/build/<variant>/`` folders to branch ``v<version>`` of the local Hub repo.
 
     Each published variant's folder on the branch is replaced wholesale (a file removed from the build
     disappears from the branch); variants not being published stay. ``__pycache__`` and ``*.pyc`` are never
     committed. ``variants`` restricts the publish to those folder names. With ``verify_digest`` (default) a
-    variant whose files do not match its metadata.json digest is refused.
+    variant whose files do not match its metadata.json digest is refused. A build from a dirty tree and a public
+    API change on an existing branch are refused too (see :mod:`kernel_loader.publish`, which plans and executes
+    this); ``allow_dirty`` permits the first. ``kernel_dir`` (default: ``build_dir`` if it has a build.toml) is
+    git-checked and gives CARD.md for main's README.
     """
-    org, name = validate_repo_id(repo_id)
-    _check_servable(org, name)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be a positive int (it becomes branch v<version>), got {version!r}")
-    build_dir = Path(build_dir)
-    if not build_dir.is_dir():
-        raise ValueError(f"build_dir {build_dir} does not exist or is not a directory")
-    dirs = _variant_dirs(build_dir, variants)
-    if verify_digest:
-        for d in dirs:
-            _check_digest(d)
+    from .publish import LocalGitTarget, check_version, plan_publish
 
-    repo = Path(root) / "kernels" / org / name
-    base = _open_or_init(repo, repo_id)
-    branch = f"v{version}"
-    with tempfile.TemporaryDirectory(prefix="kernel-loader-publish-") as tmp:
-        stage = Path(tmp) / "stage"
-        for d in dirs:
-            shutil.copytree(d, stage / "build" / d.name, ignore=shutil.ignore_patterns(*_NEVER_PUBLISH))
-        git = _Git(base.git_dir, index_file=Path(tmp) / "index")
-        old = git.ref(f"refs/heads/{branch}")
-        parent = old or git.ref("refs/heads/main")
-        if parent is None:
-            raise RuntimeError(f"{repo} has neither branch {branch} nor main to start from")
-        git("read-tree", parent)
-        for d in dirs:
-            git("rm", "-r", "--cached", "-f", "--quiet", "--ignore-unmatch", "--", f"build/{d.name}", work_tree=stage)
-        git("add", "--force", "--", *[f"build/{d.name}" for d in dirs], work_tree=stage)
-        tree = git.out("write-tree")
-        names = [d.name for d in dirs]
-        if old is not None and tree == git.out("rev-parse", f"{old}^{{tree}}"):
-            return PublishResult(repo_id, branch, old, names, repo, changed=False)
-        msg = message or f"Publish {repo_id} {branch}: {', '.join(names)}"
-        commit = git.out("commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", msg)
-        # Compare-and-swap: fails if someone else moved the branch since we read it.
-        res = git("update-ref", f"refs/heads/{branch}", commit, old or "0" * 40, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(
-                f"branch {branch} of {repo_id} changed during publish (concurrent publish?); retry. "
-                f"git: {res.stderr.decode(errors='replace').strip()}"
-            )
-    return PublishResult(repo_id, branch, commit, names, repo, changed=True)
+    target = LocalGitTarget(root, repo_id)  # validates the id first: a bad id is the clearest error
+    check_version(version)
+    plan = plan_publish(build_dir, target, version, variants=variants, message=message, kernel_dir=kernel_dir,
+                        allow_dirty=allow_dirty, verify_digest=verify_digest)
+    return target.execute(plan)
