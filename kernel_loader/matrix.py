@@ -30,7 +30,7 @@ except ImportError:  # Python 3.10
 
 MATRIX_FILE = "matrix.toml"
 OS = "linux"  # the only OS CI builds for
-_CAPABILITY_RE = re.compile(r"^(\d{1,2})\.(\d)([af]?)$")
+_CAPABILITY_RE = re.compile(r"^(\d{1,2})\.(\d)([af]?)(\+PTX)?$")
 _MINOR_RE = re.compile(r"^(\d+)\.(\d+)$")
 _ARCHS = ("x86_64", "aarch64")
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -169,7 +169,7 @@ def check_capability(where: str, value) -> str:
     m = _CAPABILITY_RE.match(value) if isinstance(value, str) else None
     if m is None or int(m.group(1)) < 5:
         raise MatrixError(f"{where} = {value!r} is not a CUDA capability; expected MAJOR.MINOR (>= 5.0) with an "
-                          "optional 'a' or 'f' suffix, e.g. \"8.0\", \"9.0a\", \"10.0f\"")
+                          "optional 'a' or 'f' suffix or +PTX, e.g. \"8.0\", \"9.0a\", \"10.0f\", \"9.0+PTX\"")
     return value
 
 
