@@ -17,6 +17,8 @@ EXAMPLES = """examples:
   kernel-loader hub serve --root ./hub --port 8090      # then: export HF_ENDPOINT=http://127.0.0.1:8090
   kernel-loader build kernel_repos/flash-attn2
   kernel-loader publish kernel_repos/flash-attn2 --repo kernels-community/flash-attn2 --root ./hub --version 1
+  kernel-loader matrix --status --hub kernels-community    # variants per kernel: matrix, local, Hub
+  kernel-loader selftest kernels-community/flash-attn2@v1   # run the variant on its reference.safetensors
   kernel-loader resolve kernels-community/flash-attn2 --json
   kernel-loader download kernels-community/flash-attn2@v1
 
@@ -135,16 +137,21 @@ def cmd_build(args) -> int:
 
 
 def cmd_publish(args) -> int:
-    from .hub import publish_local
+    from .publish import run_publish
 
-    build_dir = args.kernel_dir
-    if (build_dir / "build.toml").is_file() and not (build_dir / "build").is_dir():
-        raise ValueError(f"{build_dir} has no build/ folder yet; run `kernel-loader build {build_dir}` first")
-    result = publish_local(build_dir, args.repo, args.root, args.version, message=args.message,
-                           variants=args.variant or None)
-    state = "committed" if result.changed else "unchanged (same files)"
-    print(f"{result.repo_id} {result.branch} {state}: {result.commit[:12]}  variants: {', '.join(result.variants)}")
-    return 0
+    return run_publish(args)
+
+
+def cmd_matrix(args) -> int:
+    from .matrix_cli import run_matrix
+
+    return run_matrix(args)
+
+
+def cmd_selftest(args) -> int:
+    from .selftest import run_selftest_cli
+
+    return run_selftest_cli(args)
 
 
 def cmd_hub_serve(args) -> int:
@@ -162,14 +169,30 @@ def _add_build_and_hub(sub) -> None:
     add_build_arguments(b)
     b.set_defaults(func=cmd_build)
 
-    p = sub.add_parser("publish", help="commit built variants to branch vN of a local Hub folder (git)")
-    p.add_argument("kernel_dir", type=Path, help="folder holding build/<variant>/ (a kernel repo after `build`)")
+    p = sub.add_parser("publish", help="commit built variants to branch vN of a local Hub folder (git) or a remote Hub")
+    p.add_argument("kernel_dir", type=Path, help="kernel repo (build.toml, CARD.md) holding build/<variant>/ after `build`")
+    p.add_argument("--builds", type=Path, help="folder holding build/<variant>/ if not KERNEL_DIR (e.g. CI artifacts)")
     p.add_argument("--repo", required=True, help="Hub repo id ORG/NAME, e.g. kernels-community/flash-attn2")
-    p.add_argument("--root", required=True, type=Path, help="local Hub root (what `hub serve --root` serves)")
-    p.add_argument("--version", required=True, type=int, help="kernel version N: published as branch vN")
+    p.add_argument("--root", type=Path, help="local Hub root (what `hub serve --root` serves)")
+    p.add_argument("--remote", action="store_true", help="publish to the Hub at --endpoint/HF_ENDPOINT with HF_TOKEN")
+    p.add_argument("--endpoint", help="with --remote: Hub URL (default: HF_ENDPOINT or huggingface.co)")
+    p.add_argument("--version", type=int, help="kernel version N (branch vN); default and must equal: the build's")
     p.add_argument("--variant", action="append", help="publish only this variant (repeatable; default: all)")
+    p.add_argument("--allow-dirty", action="store_true", help="publish a build of uncommitted sources")
     p.add_argument("-m", "--message", help="commit message")
     p.set_defaults(func=cmd_publish)
+
+    from .matrix_cli import add_matrix_arguments
+
+    mx = sub.add_parser("matrix", help="variants per kernel from kernel_repos/matrix.toml (--github, --local, --status)")
+    add_matrix_arguments(mx)
+    mx.set_defaults(func=cmd_matrix)
+
+    st = sub.add_parser("selftest", help="run a variant on its reference.safetensors (Hub spec or variant folder)")
+    st.add_argument("spec", help="ORG/NAME[@REVISION] (loaded like load()) or a local build/<variant>/ folder")
+    st.add_argument("--version", type=int)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_selftest)
 
     h = sub.add_parser("hub", help="the embedded local Hub (olah serving a folder of git repos)")
     hsub = h.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
