@@ -84,7 +84,8 @@ def _load(spec: KernelSpec, trust) -> LoadedKernel:
                                 stage="resolve")
     path = fetch(spec, res)
     module = import_variant(path)
-    attention, sdpa_fn, mask_format = adapters.adapt(module, spec, device_type(res.variant))
+    adapt = adapters.adapt_paged if spec.paged or adapters.is_paged_module(module) else adapters.adapt
+    attention, sdpa_fn, mask_format = adapt(module, spec, device_type(res.variant))
     return LoadedKernel(spec=spec, repo_id=spec.repo_id, revision=res.revision, commit=res.commit,
                         variant=res.variant, module=module, fallback=None, attention=attention, sdpa=sdpa_fn,
                         mask_format=mask_format, path=path, resolution=res)

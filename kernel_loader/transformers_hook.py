@@ -50,6 +50,12 @@ None (causal, no padding) or a bool (B, 1, S_q, S_kv) mask, True = attend.
 
 ``paged|org/repo`` is stripped to ``org/repo`` by ``_check_and_adjust_attn_implementation`` (with a FutureWarning)
 before it reaches the hook; a ``paged|`` string that arrives anyway is passed to ``kernel_loader.load`` verbatim.
+A kernel module with the paged API (``adapters.is_paged_module``) gets the paged adapter either way.
+
+Continuous batching (``generate_batch`` / ``ContinuousBatchingManager``) accepts only "sdpa", "paged|eager" and names
+containing "flash" (``ContinuousBatchingManager.switch_to_cb_friendly_attn`` raises otherwise). ``enable()`` also wraps
+that one method: when the model's implementation is a paged kernel loaded through this hook, it is kept as is (its
+attention updates the paged cache itself, see ``adapters.adapt_paged``); anything else goes to transformers' method.
 
 Version policy: the hook is written against 5.22.x and 5.23.x (checked: identical code paths). ``enable()`` raises
 :class:`UnsupportedTransformersVersion` for any other version unless ``force=True``; with ``force`` it warns and
@@ -124,6 +130,7 @@ def enable(*, strict: bool | None = None, force: bool = False) -> None:
         _state = _HookState(hub_kernels=hub_kernels, original=original, version=version, strict=strict)
         hub_kernels.load_and_register_attn_kernel = _load_and_register
         _clear_stale_native_marker()
+        _hook_continuous_batching(install=True)
 
 
 def disable() -> None:
@@ -137,6 +144,7 @@ def disable() -> None:
 
         state, _state = _state, None
         state.hub_kernels.load_and_register_attn_kernel = state.original
+        _hook_continuous_batching(install=False)
         for name, (attn_prev, mask_prev) in state.previous.items():
             for mapping, prev in ((AttentionInterface._global_mapping, attn_prev),
                                   (AttentionMaskInterface._global_mapping, mask_prev)):
@@ -245,3 +253,37 @@ def _clear_stale_native_marker() -> None:
     name = getattr(utils, "_loaded_implementation", None)
     if isinstance(name, str) and "/" in name and name not in AttentionInterface._global_mapping:
         utils._loaded_implementation = None
+
+
+_cb_original: Callable | None = None
+
+
+def _hook_continuous_batching(install: bool) -> None:
+    """Install/remove the ContinuousBatchingManager.switch_to_cb_friendly_attn wrapper (see the module docstring)."""
+    global _cb_original
+    try:
+        from transformers.generation.continuous_batching import continuous_api
+    except ImportError:
+        return
+    cls = getattr(continuous_api, "ContinuousBatchingManager", None)
+    if cls is None or not hasattr(cls, "switch_to_cb_friendly_attn"):
+        return
+    if not install:
+        if _cb_original is not None:
+            cls.switch_to_cb_friendly_attn = _cb_original
+            _cb_original = None
+        return
+    if _cb_original is not None:
+        return
+    _cb_original = original = cls.switch_to_cb_friendly_attn
+
+    def switch_to_cb_friendly_attn(self, model, *args, **kwargs):
+        from .adapters import is_paged_module
+
+        state = _state
+        loaded = state.loaded.get(model.config._attn_implementation) if state is not None else None
+        if loaded is not None and loaded.module is not None and is_paged_module(loaded.module):
+            return None  # our paged kernel handles the paged cache itself
+        return original(self, model, *args, **kwargs)
+
+    cls.switch_to_cb_friendly_attn = switch_to_cb_friendly_attn
