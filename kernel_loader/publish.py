@@ -223,7 +223,8 @@ def plan_publish(
     """Plan publishing ``build_dir/build/<variant>/`` folders to branch ``v<version>`` of ``target``.
 
     ``version`` defaults to the variants' metadata.json version. ``kernel_dir`` (default: ``build_dir`` when it
-    holds a build.toml) is checked for uncommitted changes and supplies CARD.md (or pass ``card``).
+    holds a build.toml) is checked for uncommitted changes. ``card`` (default: CARD.md of ``kernel_dir``, else of
+    ``build_dir``) becomes README.md on main.
     """
     build_dir = Path(build_dir)
     if not build_dir.is_dir():
@@ -276,8 +277,8 @@ def plan_publish(
         deletions += sorted(p for p in existing if p.startswith(f"build/{d.name}/") and p not in new)
 
     readme = None
-    card_path = Path(card) if card is not None else (Path(kernel_dir) / CARD_FILE if kernel_dir is not None else None)
-    if card_path is not None and card_path.is_file():
+    card_path = Path(card) if card is not None else Path(kernel_dir if kernel_dir is not None else build_dir) / CARD_FILE
+    if card_path.is_file():
         text = card_path.read_bytes()
         if target.read("main", "README.md") != text:
             readme = text
