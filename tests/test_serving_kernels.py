@@ -162,3 +162,14 @@ def test_mistral_sliding_window_greedy_equals_sdpa(hooked, dtype):
     with torch.no_grad():
         full = model(ids).logits
     assert (full - ref_logits).abs().max() > 10 * tol
+
+
+def test_registering_a_paged_name_also_answers_the_stripped_name(hooked):
+    from transformers import AttentionInterface
+
+    from kernel_loader import registry
+
+    loaded = registry.load_and_register(f"paged|{PAGED_REPO}")
+    assert AttentionInterface._global_mapping[f"paged|{PAGED_REPO}"] is loaded.attention
+    assert AttentionInterface._global_mapping[PAGED_REPO] is loaded.attention
+    assert AttentionInterface().get_interface(f"paged|{PAGED_REPO}", None) is loaded.attention
