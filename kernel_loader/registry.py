@@ -65,6 +65,9 @@ def register_in_transformers(name: str, loaded: LoadedKernel) -> bool:
         from transformers.masking_utils import AttentionMaskInterface
     except ImportError:
         return False
-    AttentionInterface.register(name, loaded.attention)
-    AttentionMaskInterface.register(name, mask_function(loaded.mask_format))
+    # transformers 5.22 strips "paged|" before looking a name up (AttentionInterface.get_interface): register both
+    names = (name, name[len("paged|"):]) if name.startswith("paged|") else (name,)
+    for n in names:
+        AttentionInterface.register(n, loaded.attention)
+        AttentionMaskInterface.register(n, mask_function(loaded.mask_format))
     return True
