@@ -47,22 +47,26 @@ _loaded: dict[tuple, LoadedKernel] = {}
 
 
 def load(spec: str | KernelSpec, *, version: int | None = None, strict: bool | None = None,
-         trust: str | list[str] | None = None) -> LoadedKernel:
+         trust: str | list[str] | None = None, selftest: bool = False) -> LoadedKernel:
     """Load a Hub kernel for this machine, or SDPA with ``.fallback`` set to why.
 
     ``strict`` (default: ``KERNEL_LOADER_STRICT``) raises :class:`KernelUnavailable` instead of falling back.
     ``trust`` overrides ``KERNEL_LOADER_TRUST`` (orgs or org/name ids, comma list or sequence).
     Results are cached per process, so a model with 32 layers resolves once.
+    ``selftest=True`` runs the variant on the reference.safetensors it was built with (see
+    :mod:`kernel_loader.selftest`); wrong numbers are a KernelUnavailable (stage "selftest") like any other.
     """
     parsed = parse_spec(spec, version=version)  # bad strings are programming errors: always raise
     strict = is_strict(strict)
-    key = (parsed, str(trust))
+    key = (parsed, str(trust), bool(selftest))
     with _lock:
         cached = _loaded.get(key)
         if cached is not None and (cached.fallback is None or not strict):
             return cached
         try:
             loaded = _load(parsed, trust)
+            if selftest:
+                _selftest(loaded)
         except KernelUnavailable as e:
             if strict:
                 raise
@@ -89,6 +93,12 @@ def _load(spec: KernelSpec, trust) -> LoadedKernel:
     return LoadedKernel(spec=spec, repo_id=spec.repo_id, revision=res.revision, commit=res.commit,
                         variant=res.variant, module=module, fallback=None, attention=attention, sdpa=sdpa_fn,
                         mask_format=mask_format, path=path, resolution=res)
+
+
+def _selftest(loaded: LoadedKernel) -> None:
+    from .selftest import check_loaded
+
+    check_loaded(loaded.module, loaded.path, device_type(loaded.variant))
 
 
 def device_type(variant: str) -> str:

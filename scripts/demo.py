@@ -35,7 +35,8 @@ def main() -> int:
     print(f"built {built.variant} in {time.perf_counter() - t:.1f}s -> {built.path}")
 
     step(f"2/4 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")
-    result = publish_local(ROOT / "kernel_repos" / "flash-attn2", REPO, args.work / "hub", 1)
+    # allow_dirty: the demo publishes whatever the checkout holds (the CLI refuses that without --allow-dirty).
+    result = publish_local(ROOT / "kernel_repos" / "flash-attn2", REPO, args.work / "hub", 1, allow_dirty=True)
     print(f"{result.branch} -> {result.commit[:12]} ({'new commit' if result.changed else 'unchanged'}); "
           f"variants: {', '.join(result.variants)}")
 

@@ -238,7 +238,8 @@ def published_flash_attn2(local_hub, built_flash_attn2, session_env_trust):
     """Repo id of the real CPU flash-attn2 kernel published as v1 on the session's local Hub."""
     from kernel_loader.hub import publish_local
 
-    publish_local(built_flash_attn2.path.parent.parent, FLASH_ATTN2_REPO, local_hub.root, 1)
+    # allow_dirty: the session builds the working tree, which is dirty whenever someone is editing it.
+    publish_local(built_flash_attn2.path.parent.parent, FLASH_ATTN2_REPO, local_hub.root, 1, allow_dirty=True)
     return FLASH_ATTN2_REPO
 
 

@@ -176,7 +176,13 @@ def _assemble(
             "units": {u.src: list(u.flags) for u in plan.units},
             **plan.info,
         }
+        from .schemas import record_op_schemas  # publish compares these with the version branch
+
+        info["op_schemas"] = record_op_schemas(library, plan.ops_id)
         (staging / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
+        from ..selftest import write_reference
+
+        write_reference(staging, config.kernel_dir)  # before seal: reference.safetensors is in the digest
         provenance: dict = {"kernel-builder": {"version": builder_version()}}
         if source_git is not None:
             provenance["kernel"] = source_git
