@@ -35,7 +35,9 @@ def triton_launch():
 
 
 def triton_available() -> bool:
-    return triton_launch() is not None
+    """Triton is installed (found, not imported: importing it is deferred to the first CUDA call)."""
+    import importlib.util
+    return _triton_error is None and importlib.util.find_spec("triton") is not None
 
 
 def has_kernel(ops, name: str, key: str) -> bool:
@@ -74,7 +76,7 @@ def _use_triton(device: torch.device, ops) -> bool:
         return False
     if impl == "compiled":
         raise RuntimeError("FLASH_ATTN2_CUDA_IMPL=compiled but this build has no compiled CUDA fwd op")
-    if triton_available():
+    if triton_available() and triton_launch() is not None:
         return True
     if has_kernel(ops, "fwd", "CUDA"):
         return False

@@ -69,21 +69,28 @@ def _dkdv_blocks(dk, dv, k, v, q_base, do_base, lse_base, delta_base, m_lo, m_hi
         lse = tl.load(lse_base + offs_m, mask=row_ok, other=float("inf"))
         lse = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # empty rows: p = 0
         delta = tl.load(delta_base + offs_m, mask=row_ok, other=0.0)
-        s, t = _scores(q, k, qk_scale, softcap, SOFTCAP)  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(s - lse[:, None])
-        if MASK:
-            ok = row_ok[:, None] & (offs_n[None, :] < seqlen_k)
-            if HAS_LEFT:
-                ok = ok & (offs_n[None, :] >= offs_m[:, None] + off - left)
-            if HAS_RIGHT:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + off + right)
-            p = tl.where(ok, p, 0.0)
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, dv)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
+        # Transposed (BLOCK_N, BLOCK_M) scores: dV and dK then need no transpose of P / dS in registers.
+        qT = tl.trans(q)
+        sT = tl.dot(k, qT)
         if SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, dk)
+            tT = _tanh(sT * qk_scale)
+            sT = softcap * tT * 1.4426950408889634
+        else:
+            sT = sT * qk_scale
+        pT = tl.exp2(sT - lse[None, :])
+        if MASK:
+            ok = row_ok[None, :] & (offs_n[:, None] < seqlen_k)
+            if HAS_LEFT:
+                ok = ok & (offs_n[:, None] >= offs_m[None, :] + off - left)
+            if HAS_RIGHT:
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + off + right)
+            pT = tl.where(ok, pT, 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv)
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - tT * tT)
+        dk = tl.dot(dsT.to(q.dtype), q, dk)
     return dk, dv
 
 
@@ -269,9 +276,11 @@ def _configs(kind: str):
         return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2)]
     if kind == "dkdv":  # the key block stays resident; query blocks stream through
         return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+                triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
                 triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
                 triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
     return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
             triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
             triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
 
@@ -280,8 +289,9 @@ def _prune(configs, named_args, **kwargs):
     d = named_args.get("HEAD_DIM_P", kwargs.get("HEAD_DIM_P", 128))
     if d < 256 or INTERPRET:
         return configs
-    return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=1),
-            triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
+    out = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=1),
+           triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
+    return out[:1] if len(configs) == 1 else out
 
 
 dkdv_kernel = triton.autotune(configs=_configs("dkdv"), key=_KEY,

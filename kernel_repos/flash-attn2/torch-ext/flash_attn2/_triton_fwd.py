@@ -226,21 +226,25 @@ def _configs(hopper: bool):
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles that cannot fit for the head dim (256: smaller key blocks) or waste work on short queries."""
-    d = named_args["HEAD_DIM_P"] if "HEAD_DIM_P" in named_args else kwargs["HEAD_DIM_P"]
+    """Head dim 256 gets its own small tiles (a 128x256 Q tile plus K/V stages overflow shared memory); short
+    queries (decode, short prefill) get 64-row tiles."""
+    d = named_args.get("HEAD_DIM_P", kwargs.get("HEAD_DIM_P", 128))
     sq = named_args["seqlen_q_max"]
-    out = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if d >= 256 and not INTERPRET:
-            c = triton.Config({"BLOCK_M": 64 if sq <= 64 else 128, "BLOCK_N": 32}, num_warps=8,
-                              num_stages=min(c.num_stages, 2))
-        elif sq <= 64 and not INTERPRET:  # decode / short prefill: 64-row tiles
-            c = triton.Config({"BLOCK_M": 64, "BLOCK_N": bn}, num_warps=4, num_stages=c.num_stages)
-        key = (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages)
-        if key not in [(o.kwargs["BLOCK_M"], o.kwargs["BLOCK_N"], o.num_warps, o.num_stages) for o in out]:
-            out.append(c)
-    return out
+    if INTERPRET:
+        return configs
+    if d >= 256:
+        out = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+               triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+               triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
+        return out[:1] if len(configs) == 1 else out
+    if sq <= 64:
+        out = []
+        for c in configs:
+            c = triton.Config({"BLOCK_M": 64, "BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=4, num_stages=c.num_stages)
+            if all(c.kwargs != o.kwargs or c.num_stages != o.num_stages for o in out):
+                out.append(c)
+        return out
+    return configs
 
 
 _KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "seq_bucket"]

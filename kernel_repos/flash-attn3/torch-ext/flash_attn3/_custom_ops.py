@@ -1,0 +1,236 @@
+"""torch.library custom ops (forward, backward, kv-cache) with fake impls and autograd, so the API composes with
+torch.compile(fullgraph=True). Each op picks its implementation per device, eagerly, when it runs:
+
+- CPU tensors: the compiled CPU kernel (``ops.fwd``/``ops.varlen_fwd``); backward by float32 recompute.
+- CUDA tensors: Triton (default), or the compiled CUDA ``ops.fwd`` when ``FLASH_ATTN2_CUDA_IMPL=compiled`` or
+  Triton is not importable and the build has one (forward only; gradients still use Triton).
+- ``FLASH_ATTN2_CPU_IMPL=triton`` runs CPU tensors through the Triton kernels too; with ``TRITON_INTERPRET=1``
+  that is how CI checks the GPU kernels on a machine without a GPU.
+
+The namespace is ``<build namespace>_api`` (from ``_ops``) or derived from the package name, so two builds of
+this kernel register side by side.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from . import _kvcache, _reference
+
+_triton_error: Optional[str] = None
+
+
+def triton_launch():
+    """The Triton host module, imported on first use (CPU-only installs need no Triton)."""
+    global _triton_error
+    try:
+        from . import _triton_launch
+        return _triton_launch
+    except Exception as e:  # ImportError, or a Triton that cannot initialise here
+        _triton_error = f"{type(e).__name__}: {e}"
+        return None
+
+
+def triton_available() -> bool:
+    """Triton is installed (found, not imported: importing it is deferred to the first CUDA call)."""
+    import importlib.util
+    return _triton_error is None and importlib.util.find_spec("triton") is not None
+
+
+def has_kernel(ops, name: str, key: str) -> bool:
+    if ops is None:
+        return False
+    try:
+        op = getattr(ops, name)
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op.default.name(), key)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def namespace(package_name: str) -> str:
+    try:
+        from ._ops import add_op_namespace_prefix
+        base = add_op_namespace_prefix("x").split("::", 1)[0]
+    except Exception:
+        base = re.sub(r"\W", "_", package_name.split(".", 1)[0]).strip("_") or "flash_attn2"
+    return f"{base}_api"
+
+
+@dataclass
+class Ops:
+    fwd: Callable
+    varlen_fwd: Callable
+    kvcache_fwd: Callable
+
+
+def _use_triton(device: torch.device, ops) -> bool:
+    if device.type == "cpu":
+        return os.environ.get("FLASH_ATTN2_CPU_IMPL", "compiled") == "triton"
+    impl = os.environ.get("FLASH_ATTN2_CUDA_IMPL", "triton")
+    if impl not in ("triton", "compiled"):
+        raise ValueError(f"FLASH_ATTN2_CUDA_IMPL={impl!r}; valid: triton, compiled")
+    if impl == "compiled" and has_kernel(ops, "fwd", "CUDA"):
+        return False
+    if impl == "compiled":
+        raise RuntimeError("FLASH_ATTN2_CUDA_IMPL=compiled but this build has no compiled CUDA fwd op")
+    if triton_available() and triton_launch() is not None:
+        return True
+    if has_kernel(ops, "fwd", "CUDA"):
+        return False
+    raise RuntimeError(f"flash_attn2: CUDA tensors need Triton ({_triton_error}) or a build with CUDA ops")
+
+
+def _triton():
+    t = triton_launch()
+    if t is None:
+        raise RuntimeError(f"flash_attn2: Triton is needed for this call and cannot be imported ({_triton_error})")
+    return t
+
+
+def _need_compiled_cpu(ops):
+    if ops is None:
+        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (noarch); CPU tensors are not "
+                           "supported by it")
+
+
+def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
+    ns = namespace(package_name)
+    existing = getattr(torch.ops, ns)
+    try:  # the package imported twice under one name: reuse what is registered
+        return Ops(existing.fwd, existing.varlen_fwd, existing.kvcache_fwd)
+    except (AttributeError, RuntimeError):
+        pass
+    tma = hopper_tiles  # flash-attn3 style: TMA descriptors and larger tiles on sm90
+
+    # ------------------------------------------------------------------------------------------- dense
+    @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
+    def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window_left: int,
+            window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if _use_triton(q.device, ops):
+            hopper = tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+            return _triton().forward(q, k, v, scale=scale, causal=causal, window=(window_left, window_right),
+                                     softcap=softcap, use_tma=hopper, hopper_tiles=hopper)
+        if q.device.type == "cpu":
+            _need_compiled_cpu(ops)
+        return ops.fwd(q, k, v, scale, causal, window_left, window_right, softcap, True)
+
+    @fwd.register_fake
+    def _(q, k, v, scale, causal, window_left, window_right, softcap):
+        return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+    @torch.library.custom_op(f"{ns}::bwd", mutates_args=())
+    def bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+            lse: torch.Tensor, dlse: Optional[torch.Tensor], scale: float, causal: bool, window_left: int,
+            window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        window = (window_left, window_right)
+        if q.device.type == "cpu" and not _use_triton(q.device, ops):
+            return _reference.attention_grads(q, k, v, dout, scale, causal, window, softcap, dlse)
+        return _triton().backward(dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
+                                  softcap=softcap, dlse=dlse)
+
+    @bwd.register_fake
+    def _(dout, q, k, v, out, lse, dlse, scale, causal, window_left, window_right, softcap):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def fwd_setup(ctx, inputs, output):
+        q, k, v, *args = inputs
+        ctx.save_for_backward(q, k, v, *output)
+        ctx.args = args
+
+    def fwd_backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = bwd(dout, q, k, v, out, lse, dlse, *ctx.args)
+        return dq, dk, dv, None, None, None, None, None
+
+    fwd.register_autograd(fwd_backward, setup_context=fwd_setup)
+
+    # ------------------------------------------------------------------------------------------ varlen
+    @torch.library.custom_op(f"{ns}::varlen_fwd", mutates_args=())
+    def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                   max_q: int, max_k: int, scale: float, causal: bool, window_left: int, window_right: int,
+                   softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+        from ._checks import cu_values
+        cu_values("flash_attn_varlen_func", cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
+        if _use_triton(q.device, ops):
+            out, lse = _triton().forward(q, k, v, scale=scale, causal=causal, window=(window_left, window_right),
+                                         softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k)
+            end = int(cu_q[-1])
+            if end < q.shape[0]:  # packed rows after the last sequence: out 0, lse -inf (every element written)
+                out[end:] = 0
+                lse[:, end:] = float("-inf")
+            return out, lse
+        if q.device.type == "cpu":
+            _need_compiled_cpu(ops)
+        return ops.varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right,
+                              softcap, True)
+
+    @varlen_fwd.register_fake
+    def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right, softcap):
+        return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+    @torch.library.custom_op(f"{ns}::varlen_bwd", mutates_args=())
+    def varlen_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                   lse: torch.Tensor, dlse: Optional[torch.Tensor], cu_q: torch.Tensor, cu_k: torch.Tensor,
+                   max_q: int, max_k: int, scale: float,
+                   causal: bool, window_left: int, window_right: int,
+                   softcap: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        window = (window_left, window_right)
+        if q.device.type == "cpu" and not _use_triton(q.device, ops):
+            return _reference.varlen_attention_grads(q, k, v, dout, cu_q, cu_k, scale, causal, window, softcap,
+                                                     dlse)
+        return _triton().backward(dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
+                                  softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k, dlse=dlse)
+
+    @varlen_bwd.register_fake
+    def _(dout, q, k, v, out, lse, dlse, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right,
+          softcap):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def varlen_setup(ctx, inputs, output):
+        q, k, v, cu_q, cu_k, *args = inputs
+        ctx.save_for_backward(q, k, v, *output, cu_q, cu_k)
+        ctx.args = args
+
+    def varlen_backward(ctx, dout, dlse):
+        q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv = varlen_bwd(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.args)
+        return (dq, dk, dv) + (None,) * 9
+
+    varlen_fwd.register_autograd(varlen_backward, setup_context=varlen_setup)
+
+    # ------------------------------------------------------------------------------------------ kv cache
+    @torch.library.custom_op(f"{ns}::kvcache_fwd", mutates_args=("k_cache", "v_cache"))
+    def kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor],
+                    v: Optional[torch.Tensor], cache_seqlens: Optional[torch.Tensor],
+                    block_table: Optional[torch.Tensor], scale: float, causal: bool, window_left: int,
+                    window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+        s_new = 0 if k is None else k.shape[1]
+        if cache_seqlens is None:
+            cache_seqlens = torch.full((q.shape[0],), _kvcache.capacity(k_cache, block_table), dtype=torch.int32,
+                                       device=q.device)
+        _kvcache.check_values(k_cache, cache_seqlens, s_new, block_table)
+        _kvcache.append(k_cache, v_cache, k, v, cache_seqlens, block_table)
+        seqlens = (cache_seqlens + s_new).to(torch.int32)
+        window = (window_left, window_right)
+        if _use_triton(q.device, ops):
+            return _triton().forward(q, k_cache, v_cache, scale=scale, causal=causal, window=window,
+                                     softcap=softcap, seqused_k=seqlens, block_table=block_table)
+        if q.device.type != "cpu":
+            raise RuntimeError("flash_attn_with_kvcache: CUDA tensors need the Triton implementation")
+        _need_compiled_cpu(ops)
+        b, sq, hq, d = q.shape
+        kp, vp, cu_k, max_k = _kvcache.gather_packed(k_cache, v_cache, seqlens, block_table)
+        cu_q = torch.arange(b + 1, dtype=torch.int32) * sq
+        out, lse = ops.varlen_fwd(q.reshape(b * sq, hq, d), kp, vp, cu_q, cu_k, sq, max_k, scale, causal,
+                                  window_left, window_right, softcap, True)
+        return out.view(b, sq, hq, d), lse.view(hq, b, sq).permute(1, 0, 2).contiguous()
+
+    @kvcache_fwd.register_fake
+    def _(q, k_cache, v_cache, k, v, cache_seqlens, block_table, scale, causal, window_left, window_right,
+          softcap):
+        return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+
+    return Ops(fwd, varlen_fwd, kvcache_fwd)

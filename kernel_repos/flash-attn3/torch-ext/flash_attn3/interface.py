@@ -1,0 +1,115 @@
+"""FA3's flash_attn_interface on the shared Triton kernels, Hopper tiles and TMA loads switched on."""
+
+import os
+from typing import Optional
+
+import torch
+
+from . import _checks, _custom_ops, _kvcache
+
+try:
+    from ._ops import ops
+except ImportError:
+    ops = None
+
+SUPPORTED = {
+    "devices": ("cuda",) if _custom_ops.triton_available() else (),
+    "dtypes": _checks.GPU_DTYPES,
+    "head_dims": _checks.GPU_HEAD_DIMS,
+    "backward": True,
+}
+
+# No compiled ops in this package: the custom ops run Triton on CUDA tensors (and, for tests, on CPU tensors
+# under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton).
+_OPS = _custom_ops.register(__name__, None, hopper_tiles=True)
+
+
+def _device_ok(who: str, q: torch.Tensor):
+    if q.device.type == "cuda":
+        major = torch.cuda.get_device_capability(q.device)[0]
+        if major != 9 and os.environ.get("FLASH_ATTN3_ANY_GPU") != "1":
+            raise RuntimeError(f"{who}: flash-attn3 is built for Hopper (sm90); this GPU is sm{major}x. Use "
+                               f"flash-attn2 (or set FLASH_ATTN3_ANY_GPU=1 to run the kernels without TMA)")
+        return _checks.GPU_DTYPES, _checks.GPU_HEAD_DIMS
+    if q.device.type == "cpu" and _custom_ops._use_triton(q.device, None):
+        return _checks.GPU_DTYPES + (torch.float32,), (16, 32) + _checks.GPU_HEAD_DIMS
+    raise ValueError(f"{who}: q is on {q.device}; flash-attn3 runs on CUDA (sm90) tensors only")
+
+
+def _unsupported(who, **kwargs):
+    defaults = {"num_splits": (0, 1), "attention_chunk": (0,)}
+    for name, value in kwargs.items():
+        if value is None or value is False or (isinstance(value, int) and value in defaults.get(name, ())):
+            continue
+        raise NotImplementedError(f"{who}: {name}={value!r} is not supported by this build; leave it at its default")
+
+
+def _window(who, window_size):
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: window_size must be a pair (left, right) of ints, -1 = unbounded; "
+                         f"got {window_size!r}") from None
+    if left < -1 or right < -1:
+        raise ValueError(f"{who}: window_size entries must be >= -1 (-1 = unbounded), got {window_size!r}")
+    return left, right
+
+
+def _common(who, q, softmax_scale, softcap):
+    softcap = float(softcap)
+    if softcap < 0:
+        raise ValueError(f"{who}: softcap must be >= 0 (0 = off), got {softcap}")
+    return (q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)), softcap
+
+
+def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descale=None, k_descale=None,
+                    v_descale=None, window_size=(-1, -1), attention_chunk=0, softcap=0.0, num_splits=1,
+                    pack_gqa=None, deterministic=False, sm_margin=0, return_attn_probs=False):
+    """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out, or (out, softmax_lse (B, Hq, Sq)) with return_attn_probs."""
+    who = "flash_attn3.flash_attn_func"
+    _unsupported(who, qv=qv, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                 attention_chunk=attention_chunk, num_splits=num_splits)
+    _checks.dense(who, q, k, v, *_device_ok(who, q))
+    scale, softcap = _common(who, q, softmax_scale, softcap)
+    left, right = _window(who, window_size)
+    out, lse = _OPS.fwd(q, k, v, scale, bool(causal), left, right, softcap)
+    return (out, lse) if return_attn_probs else out
+
+
+def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, seqused_q=None,
+                           seqused_k=None, softmax_scale=None, causal=False, qv=None, q_descale=None,
+                           k_descale=None, v_descale=None, window_size=(-1, -1), attention_chunk=0, softcap=0.0,
+                           num_splits=1, pack_gqa=None, deterministic=False, sm_margin=0, return_attn_probs=False):
+    """Packed q (total_q, Hq, D), k/v (total_k, Hk, D), int32 cu_seqlens -> out [, lse (Hq, total_q)]."""
+    who = "flash_attn3.flash_attn_varlen_func"
+    _unsupported(who, seqused_q=seqused_q, seqused_k=seqused_k, qv=qv, q_descale=q_descale, k_descale=k_descale,
+                 v_descale=v_descale, attention_chunk=attention_chunk, num_splits=num_splits)
+    _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_device_ok(who, q))
+    scale, softcap = _common(who, q, softmax_scale, softcap)
+    left, right = _window(who, window_size)
+    out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
+                               bool(causal), left, right, softcap)
+    return (out, lse) if return_attn_probs else out
+
+
+def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary_cos=None, rotary_sin=None,
+                            cache_seqlens: Optional[torch.Tensor] = None, cache_batch_idx=None, cache_leftpad=None,
+                            page_table=None, cu_seqlens_q=None, cu_seqlens_k_new=None, max_seqlen_q=None,
+                            rotary_seqlens=None, q_descale=None, k_descale=None, v_descale=None,
+                            softmax_scale=None, causal=False, window_size=(-1, -1), attention_chunk=0,
+                            softcap=0.0, rotary_interleaved=True, scheduler_metadata=None, num_splits=0,
+                            pack_gqa=None, sm_margin=0, return_softmax_lse=False):
+    """q (B, Sq, Hq, D) over a kv cache (B, cache_len, Hk, D) or paged (num_pages, page_size, Hk, D) with int32
+    ``page_table (B, pages_per_seq)``; new k/v are appended at ``cache_seqlens`` in place first."""
+    who = "flash_attn3.flash_attn_with_kvcache"
+    _unsupported(who, qv=qv, rotary_cos=rotary_cos, rotary_sin=rotary_sin, cache_batch_idx=cache_batch_idx,
+                 cache_leftpad=cache_leftpad, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k_new=cu_seqlens_k_new,
+                 rotary_seqlens=rotary_seqlens, q_descale=q_descale, k_descale=k_descale, v_descale=v_descale,
+                 attention_chunk=attention_chunk, scheduler_metadata=scheduler_metadata, num_splits=num_splits)
+    dtypes, head_dims = _device_ok(who, q)
+    seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, page_table, dtypes, head_dims)
+    scale, softcap = _common(who, q, softmax_scale, softcap)
+    left, right = _window(who, window_size)
+    out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right,
+                                softcap)
+    return (out, lse) if return_softmax_lse else out
