@@ -21,11 +21,18 @@ def __getattr__(name):
     raise AttributeError(f"module 'kernel_loader' has no attribute {name!r}")
 
 
-def load(spec, *, version=None, strict=None, trust=None):
+def load(spec, *, version=None, strict=None, trust=None, lock=None):
     """See :func:`kernel_loader.api.load`."""
     from .api import load as _load
 
-    return _load(spec, version=version, strict=strict, trust=trust)
+    return _load(spec, version=version, strict=strict, trust=trust, lock=lock)
+
+
+def offline(enabled=True):
+    """``with kernel_loader.offline():`` resolve from the cache only, open no socket (see offline_mode)."""
+    from .offline_mode import offline as _offline
+
+    return _offline(enabled)
 
 
 def sdpa_like(spec, *, version=None, strict=None, trust=None):
@@ -41,5 +48,5 @@ def enable(*args, **kwargs):
     return _enable(*args, **kwargs)
 
 
-__all__ = ["KernelFallbackWarning", "KernelSpec", "KernelUnavailable", "LoadedKernel", "enable", "load",
+__all__ = ["KernelFallbackWarning", "KernelSpec", "KernelUnavailable", "LoadedKernel", "enable", "load", "offline",
            "parse_spec", "sdpa_like", "__version__"]

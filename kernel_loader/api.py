@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -47,7 +48,8 @@ _loaded: dict[tuple, LoadedKernel] = {}
 
 
 def load(spec: str | KernelSpec, *, version: int | None = None, strict: bool | None = None,
-         trust: str | list[str] | None = None, selftest: bool = False) -> LoadedKernel:
+         trust: str | list[str] | None = None, lock: str | Path | None = None,
+         selftest: bool = False) -> LoadedKernel:
     """Load a Hub kernel for this machine, or SDPA with ``.fallback`` set to why.
 
     ``strict`` (default: ``KERNEL_LOADER_STRICT``) raises :class:`KernelUnavailable` instead of falling back.
@@ -55,16 +57,25 @@ def load(spec: str | KernelSpec, *, version: int | None = None, strict: bool | N
     Results are cached per process, so a model with 32 layers resolves once.
     ``selftest=True`` runs the variant on the reference.safetensors it was built with (see
     :mod:`kernel_loader.selftest`); wrong numbers are a KernelUnavailable (stage "selftest") like any other.
+    ``lock`` (default: ``KERNEL_LOADER_LOCK``) is a kernels.lock: the repo is pinned to its locked commit and a
+    variant whose metadata.json differs from the locked digest is refused (see :mod:`kernel_loader.lock`).
+
+    A fallback chain is a comma-separated string (``"org/flash-attn3,org/flash-attn2"``) or a list of specs:
+    each is tried in order and the first that loads is returned; when none does, SDPA, with every link's reason.
+    (Commas never occur in repo ids, revisions or function names, so the chain syntax is unambiguous.)
     """
+    if isinstance(spec, (list, tuple)) or (isinstance(spec, str) and "," in spec):
+        return _load_chain(spec, version=version, strict=strict, trust=trust, lock=lock, selftest=selftest)
     parsed = parse_spec(spec, version=version)  # bad strings are programming errors: always raise
     strict = is_strict(strict)
-    key = (parsed, str(trust), bool(selftest))
+    lock = lock if lock is not None else (os.environ.get("KERNEL_LOADER_LOCK") or None)
+    key = (parsed, str(trust), str(lock), bool(selftest))
     with _lock:
         cached = _loaded.get(key)
         if cached is not None and (cached.fallback is None or not strict):
             return cached
         try:
-            loaded = _load(parsed, trust)
+            loaded = _load(parsed, trust, lock)
             if selftest:
                 _selftest(loaded)
         except KernelUnavailable as e:
@@ -76,23 +87,89 @@ def load(spec: str | KernelSpec, *, version: int | None = None, strict: bool | N
         return loaded
 
 
-def _load(spec: KernelSpec, trust) -> LoadedKernel:
-    from .fetch import fetch
+def _load_chain(chain, *, strict, **kwargs) -> LoadedKernel:
+    """``load`` over a fallback chain: the first link that loads, else SDPA with every link's reason."""
+    links = [s.strip() for s in chain.split(",")] if isinstance(chain, str) else list(chain)
+    if not links or any(not (isinstance(s, KernelSpec) or (isinstance(s, str) and s)) for s in links):
+        raise ValueError(f"kernel fallback chain {chain!r} has an empty link; expected 'org/a,org/b'")
+    specs = [parse_spec(s) for s in links]  # bad strings always raise, as for one spec
+    reasons = []
+    for spec in specs:
+        try:
+            return load(spec, strict=True, **kwargs)
+        except KernelUnavailable as e:
+            reasons.append(f"{spec}: {e.reason}")
+    reason = "no kernel of the chain loaded; " + "; ".join(reasons)
+    if is_strict(strict):
+        raise KernelUnavailable(reason, stage="chain")
+    label = ",".join(str(s) for s in specs)
+    warn_fallback(label, reason)
+    return _fallback(specs[0], reason)
+
+
+def _load(spec: KernelSpec, trust, lock=None) -> LoadedKernel:
+    from .cachestate import repo_lock
 
     system = detect()
     offline = hub_offline()
-    check_trust(spec, offline=offline, trust=trust)
-    res = resolve(spec, system, offline=offline)
-    if res.variant is None:
-        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; {res.summary()}",
-                                stage="resolve")
-    path = fetch(spec, res)
+    entry = _lock_entry(spec, lock)
+    how = check_trust(spec, offline=offline, trust=trust)
+    # One process per repo at a time resolves + fetches + verifies: N ranks download each file once, and none
+    # sees another's half-written variant. The others then find it verified in the cache (no Hub request).
+    with repo_lock(spec.repo_id):
+        res, path = _resolve_and_fetch(spec, system, offline, how, entry)
     module = import_variant(path)
     adapt = adapters.adapt_paged if spec.paged or adapters.is_paged_module(module) else adapters.adapt
     attention, sdpa_fn, mask_format = adapt(module, spec, device_type(res.variant))
     return LoadedKernel(spec=spec, repo_id=spec.repo_id, revision=res.revision, commit=res.commit,
                         variant=res.variant, module=module, fallback=None, attention=attention, sdpa=sdpa_fn,
                         mask_format=mask_format, path=path, resolution=res)
+
+
+def _lock_entry(spec: KernelSpec, lock):
+    """The lock file's entry for ``spec`` (None without a lock). A lock file that cannot be read is a
+    configuration error (ValueError); a spec the lock does not cover falls back like any unavailable kernel."""
+    if lock is None:
+        return None
+    from .lock import read_lock
+
+    lockfile = read_lock(lock)
+    try:
+        return lockfile.entry(spec)
+    except ValueError as e:
+        raise KernelUnavailable(str(e), stage="resolve") from None
+
+
+def _resolve_and_fetch(spec: KernelSpec, system, offline: bool, how: str, entry):
+    from dataclasses import replace
+
+    from .cachestate import record_trust
+    from .fetch import fetch
+    from .trust import check_offline_commit
+
+    target = spec if entry is None else replace(spec, revision=entry.commit, version=None)
+    res = resolve(target, system, offline=offline)
+    if entry is not None:
+        res.revision = entry.ref  # recorded as refs/vN -> commit, so the locked version also resolves offline
+    if res.variant is None:
+        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; {res.summary()}",
+                                stage="resolve")
+    locked = None
+    if entry is not None and entry.variants:
+        locked = entry.variants.get(res.variant)
+        if locked is None:
+            raise KernelUnavailable(f"variant {res.variant} of {spec.repo_id} is not in the lock file (locked: "
+                                    f"{', '.join(sorted(entry.variants))}); re-run `kernel-loader lock`",
+                                    stage="resolve")
+    if how == "offline-cache":
+        check_offline_commit(spec.repo_id, res.commit)
+    path = fetch(spec, res, locked=locked)
+    if not res.offline:
+        try:
+            record_trust(spec.repo_id, res.commit, how)
+        except OSError:  # read-only cache: nothing new was written there either
+            pass
+    return res, path
 
 
 def _selftest(loaded: LoadedKernel) -> None:
@@ -124,7 +201,14 @@ def import_variant(path: Path) -> ModuleType:
     meta = Metadata.read_from_file(path / "metadata.json")
     name = meta.id
     if name in sys.modules:
-        return sys.modules[name]
+        # Only reuse a module imported from this very folder: a metadata id such as 'os' or another kernel's id
+        # must not hand back an unrelated module.
+        existing = sys.modules[name]
+        where = getattr(existing, "__file__", None)
+        if where is not None and _same_build(Path(where).parent, path):
+            return existing
+        raise KernelUnavailable(f"variant {path.name}: its build id {name!r} is already taken by the module "
+                                f"imported from {where or 'a built-in'}", stage="import")
     init = path / "__init__.py"
     if not init.is_file():
         raise KernelUnavailable(f"variant {path.name} has no __init__.py", stage="import")
@@ -143,6 +227,14 @@ def import_variant(path: Path) -> ModuleType:
     finally:
         sys.dont_write_bytecode = saved
     return module
+
+
+def _same_build(a: Path, b: Path) -> bool:
+    """Two variant folders hold the same build when their (verified) metadata.json bytes are identical."""
+    try:
+        return a.resolve() == b.resolve() or (a / "metadata.json").read_bytes() == (b / "metadata.json").read_bytes()
+    except OSError:
+        return False
 
 
 def clear_cache() -> None:

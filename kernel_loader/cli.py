@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 EXAMPLES = """examples:
   kernel-loader doctor
@@ -21,10 +22,14 @@ EXAMPLES = """examples:
   kernel-loader selftest kernels-community/flash-attn2@v1   # run the variant on its reference.safetensors
   kernel-loader resolve kernels-community/flash-attn2 --json
   kernel-loader download kernels-community/flash-attn2@v1
+  kernel-loader lock .                                  # [tool.kernels.dependencies] -> kernels.lock(.digests)
+  kernel-loader download --lock kernels.lock --all-variants
+  kernel-loader bundle export kernels.tar --lock kernels.lock   # then, air-gapped: kernel-loader bundle import
 
 spec strings: [paged|]ORG/NAME[@REVISION][:FUNCTION], e.g. kernels-community/flash-attn2@v1
 environment: HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, HF_HUB_CACHE, KERNELS_CACHE,
-             KERNEL_LOADER_TRUST (orgs or org/name, comma separated), KERNEL_LOADER_STRICT=1
+             KERNEL_LOADER_TRUST (orgs or org/name, comma separated), KERNEL_LOADER_STRICT=1,
+             KERNEL_LOADER_LOCK (a kernels.lock every load is pinned to), KERNEL_LOADER_LISTING_TTL (s, 30)
 """
 
 
@@ -63,6 +68,18 @@ def cmd_resolve(args) -> int:
 def cmd_download(args) -> int:
     from .api import load
 
+    if args.lock is not None:
+        from .lock import download_locked, read_lock
+
+        if args.spec is not None:
+            raise ValueError("give either a SPEC or --lock, not both")
+        for repo_id, variant, path in download_locked(read_lock(args.lock), all_variants=args.all_variants):
+            print(f"{repo_id} variant {variant} verified against {args.lock} at {path}")
+        return 0
+    if args.spec is None:
+        raise ValueError("download needs a SPEC (e.g. kernels-community/flash-attn2@v1) or --lock kernels.lock")
+    if args.all_variants:
+        raise ValueError("--all-variants needs --lock (a lock file lists the variants)")
     loaded = load(args.spec, version=args.version, strict=True)
     print(f"{loaded.repo_id}@{loaded.revision} ({loaded.commit[:12]}) variant {loaded.variant} verified at "
           f"{loaded.path}")
@@ -118,9 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_resolve)
 
     d = sub.add_parser("download", help="download and verify the variant for this machine into the cache")
-    d.add_argument("spec")
+    d.add_argument("spec", nargs="?", help="ORG/NAME[@REVISION] (or use --lock)")
     d.add_argument("--version", type=int)
+    d.add_argument("--lock", type=Path, help="prefetch what this kernels.lock pins (at the locked commits)")
+    d.add_argument("--all-variants", action="store_true", help="with --lock: every locked variant, not just "
+                   "this machine's (for bundles and mixed clusters)")
     d.set_defaults(func=cmd_download)
+
+    _add_lock_and_bundle(sub)
 
     doc = sub.add_parser("doctor", help="torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust")
     doc.add_argument("--json", action="store_true")
@@ -128,6 +150,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_build_and_hub(sub)
     return p
+
+
+def cmd_lock(args) -> int:
+    from .lock import lock_kernels, project_dependencies, write_lock
+
+    deps = project_dependencies(args.project_dir)
+    lock = lock_kernels(deps, variants=args.variant or None)
+    out = write_lock(lock, args.output or args.project_dir / "kernels.lock")
+    for k in lock.kernels.values():
+        print(f"{k.repo_id} {k.ref} -> {k.commit[:12]}: {len(k.variants)} variant(s) "
+              f"({', '.join(sorted(k.variants))})")
+    print(f"wrote {out} and {out}.digests")
+    return 0
+
+
+def cmd_bundle_export(args) -> int:
+    from .bundle import export_bundle, lock_from_args
+
+    out = export_bundle(lock_from_args(args.lock), args.out, variants=args.variant or None)
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_bundle_import(args) -> int:
+    from .bundle import import_bundle
+    from .resolve import cache_dir
+
+    result = import_bundle(args.bundle)
+    for repo_id, commit, variant in result.kernels:
+        print(f"{repo_id} {commit[:12]} {variant}")
+    print(f"imported {result.files} verified files ({result.bytes} bytes) into {cache_dir()}")
+    return 0
+
+
+def _add_lock_and_bundle(sub) -> None:
+    from pathlib import Path
+
+    lk = sub.add_parser("lock", help="write kernels.lock (+ .digests) for [tool.kernels.dependencies] in "
+                        "pyproject.toml")
+    lk.add_argument("project_dir", nargs="?", type=Path, default=Path("."), help="folder with pyproject.toml")
+    lk.add_argument("--variant", action="append", help="lock only this variant (repeatable; default: all)")
+    lk.add_argument("-o", "--output", type=Path, help="lock path (default: PROJECT_DIR/kernels.lock)")
+    lk.set_defaults(func=cmd_lock)
+
+    b = sub.add_parser("bundle", help="air-gapped bundles of locked kernels (export from a cache, import into one)")
+    bsub = b.add_subparsers(dest="bundle_command", metavar="ACTION", required=True)
+    ex = bsub.add_parser("export", help="write the locked variants from the cache into one tar")
+    ex.add_argument("out", type=Path, help="OUT.tar")
+    ex.add_argument("--lock", required=True, type=Path, help="kernels.lock (its .digests file is required)")
+    ex.add_argument("--variant", action="append", help="only this variant (repeatable; default: all locked)")
+    ex.set_defaults(func=cmd_bundle_export)
+    im = bsub.add_parser("import", help="verify a bundle and install it into the cache (no Hub needed)")
+    im.add_argument("bundle", type=Path)
+    im.set_defaults(func=cmd_bundle_import)
 
 
 def cmd_build(args) -> int:

@@ -25,34 +25,69 @@ def variant_dir(res: Resolution) -> Path:
     return repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / str(res.variant)
 
 
-def fetch(spec: KernelSpec, res: Resolution) -> Path:
-    """Return the verified local folder of ``res.variant`` (downloading it unless resolved offline)."""
-    from huggingface_hub import snapshot_download
+def fetch(spec: KernelSpec, res: Resolution, *, locked=None) -> Path:
+    """Return the verified local folder of ``res.variant`` (downloading it unless resolved offline).
 
+    A variant already complete in the cache is verified and used without any request, so a warm cache costs no
+    Hub traffic (this is what makes N ranks after the first free). A download whose digest check fails is
+    discarded and downloaded once more (a flipped byte in transit is transient); a second failure is final.
+    ``locked`` (a :class:`kernel_loader.lock.LockedVariant`) also requires metadata.json to be the locked one."""
     if res.variant is None:
         raise ValueError("fetch() needs a resolution with a variant")
-    if not res.offline:
-        try:
-            _hub_call(spec, snapshot_download, res.repo_id, repo_type="kernel", revision=res.commit,
-                      allow_patterns=[f"build/{res.variant}/*"], ignore_patterns=_NO_BYTECODE,
-                      cache_dir=cache_dir())
-        except _HubUnreachable as e:
-            raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: Hub unreachable ({e})",
-                                    stage="fetch")
-        except OSError as e:  # disk full, read-only cache
-            raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: {e}", stage="fetch")
     path = variant_dir(res)
-    if not (path / "metadata.json").is_file():
-        raise KernelUnavailable(f"{res.repo_id} variant {res.variant} is not in the cache {cache_dir()}",
-                                stage="fetch")
-    try:
-        verify_variant(path)
-    except KernelUnavailable:
-        discard_variant(path)
-        raise
-    if not res.offline and res.revision != res.commit:
-        remember_ref(res)
+    if (path / "metadata.json").is_file():
+        try:
+            verify_variant(path, locked=locked)
+            if not res.offline and res.revision != res.commit:
+                _remember_ref_quietly(res)
+            return path
+        except KernelUnavailable:
+            discard_variant(path)
+            if res.offline:
+                raise
+    elif res.offline:
+        raise KernelUnavailable(f"{res.repo_id} variant {res.variant} is not in the cache {cache_dir()}; "
+                                f"run `kernel-loader download {spec}` while online", stage="fetch")
+    for attempt in (1, 2):
+        try:
+            _download(spec, res)
+        except KernelUnavailable:
+            discard_variant(path)  # files that did arrive must not make a partial variant look present
+            raise
+        if not (path / "metadata.json").is_file():
+            raise KernelUnavailable(f"{res.repo_id} variant {res.variant} is not in the cache {cache_dir()} after "
+                                    "download", stage="fetch")
+        try:
+            verify_variant(path, locked=locked)
+            break
+        except KernelUnavailable:
+            discard_variant(path)
+            if attempt == 2:
+                raise
+    if res.revision != res.commit:
+        _remember_ref_quietly(res)
     return path
+
+
+def _download(spec: KernelSpec, res: Resolution) -> None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        _hub_call(spec, snapshot_download, res.repo_id, repo_type="kernel", revision=res.commit,
+                  allow_patterns=[f"build/{res.variant}/*"], ignore_patterns=_NO_BYTECODE,
+                  cache_dir=cache_dir())
+    except _HubUnreachable as e:
+        raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: Hub unreachable ({e})",
+                                stage="fetch")
+    except OSError as e:  # disk full, read-only cache
+        raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: {e}", stage="fetch")
+
+
+def _remember_ref_quietly(res: Resolution) -> None:
+    try:
+        remember_ref(res)
+    except OSError:  # read-only cache: the files are fine, only offline 'vN' lookup is not recorded
+        pass
 
 
 def remember_ref(res: Resolution) -> None:
@@ -73,15 +108,25 @@ def remember_ref(res: Resolution) -> None:
     os.replace(tmp, ref)
 
 
-def verify_variant(path: Path) -> None:
-    """Check every file of a variant folder against its metadata.json digest; raise KernelUnavailable if not."""
-    from kernels._rust import Digest, DigestAlgorithm, DigestValidationError, Metadata
+def verify_variant(path: Path, *, locked=None) -> None:
+    """Check every file of a variant folder against its metadata.json digest (and, with ``locked``, metadata.json
+    against the lock file); raise KernelUnavailable if not."""
+    from kernels._rust import Digest, DigestAlgorithm, DigestValidationError
+
+    from .integrity import check_metadata, sha256_b64
 
     name = f"{path.parent.parent.name}/build/{path.name}" if path.parent.name == "build" else str(path)
     try:
-        meta = Metadata.read_from_file(path / "metadata.json")
+        raw = (path / "metadata.json").read_bytes()
+        meta = check_metadata(raw, where=name)
+    except OSError as e:
+        raise KernelUnavailable(f"{name}: cannot read metadata.json ({e})", stage="verify")
     except ValueError as e:
-        raise KernelUnavailable(f"{name}: metadata.json is invalid ({str(e).splitlines()[0]})", stage="verify")
+        raise KernelUnavailable(str(e), stage="verify")
+    if locked is not None and sha256_b64(raw) != locked.metadata_sha256:
+        raise KernelUnavailable(f"{name}: metadata.json differs from the lock file's (sha256 {sha256_b64(raw)} != "
+                                f"locked {locked.metadata_sha256}); the published files changed since locking",
+                                stage="verify")
     expected = meta.digest
     if expected is None:
         raise KernelUnavailable(f"{name}: metadata.json has no digest, so its files cannot be verified",
@@ -99,12 +144,17 @@ def verify_variant(path: Path) -> None:
 
 
 def discard_variant(path: Path) -> None:
-    """Remove a refused variant's snapshot entries and the blobs they point to."""
+    """Remove a refused variant's snapshot entries and the blobs only they point to (a blob shared with another
+    snapshot, e.g. an unchanged file in the next version, stays)."""
     if not path.exists():
         return
-    for p in path.rglob("*"):
-        if p.is_symlink():
-            target = p.resolve()
-            if target.is_file() and target.parent.name == "blobs":
-                target.unlink(missing_ok=True)
+    targets = {p.resolve() for p in path.rglob("*") if p.is_symlink()}
+    snapshots = path.parents[2] if path.parent.name == "build" else None  # <repo>/snapshots/<commit>/build/<v>
     shutil.rmtree(path, ignore_errors=True)
+    if snapshots is not None and snapshots.name == "snapshots":
+        for p in snapshots.rglob("*"):
+            if p.is_symlink():
+                targets.discard(p.resolve())
+    for target in targets:
+        if target.is_file() and target.parent.name == "blobs":
+            target.unlink(missing_ok=True)

@@ -113,8 +113,18 @@ def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
         if status is None or status >= 500 or status == 429:
             raise _HubUnreachable(f"HTTP {status}")
         raise KernelUnavailable(f"Hub request for {spec.repo_id} failed: {str(e).splitlines()[0]}", stage="resolve")
-    except OSError as e:  # connection refused, DNS, timeouts (httpx/requests errors derive from OSError or wrap it)
-        raise _HubUnreachable(type(e).__name__)
+    except OSError as e:
+        import socket
+
+        # A local filesystem error (disk full, file too large, read-only or unwritable cache) is not the Hub's:
+        # name it, or the user is sent looking for a network problem.
+        if e.errno is not None and not isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            raise KernelUnavailable(f"{spec.repo_id}: cache write failed in {cache_dir()}: "
+                                    f"{e.strerror or e}{where}", stage="fetch")
+        # connection refused, DNS, timeouts, or a size mismatch after a cut transfer
+        first = str(e).splitlines()[0][:120] if str(e) else ""
+        raise _HubUnreachable(f"{type(e).__name__}: {first}" if first else type(e).__name__)
     except Exception as e:
         if type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3"):
             raise _HubUnreachable(type(e).__name__)
@@ -145,22 +155,63 @@ def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
     from kernels.variants import get_variants
 
+    from .cachestate import cached_listing, listing_ttl
+
     api = hub_api()
+    # Listings are cached on disk (refs for a short TTL, a commit's variants for good) so that N ranks starting
+    # together ask the Hub once; what comes back from the cache file is validated like a Hub answer.
     if spec.revision is None or spec.version is not None:
-        refs = _hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
-        versions = {}
-        for b in refs.branches:
-            m = re.fullmatch(r"v([1-9][0-9]*)", b.name)
-            if m:
-                versions[int(m.group(1))] = b.target_commit
-        revision, commit = _pick_version(spec, versions)
+        def list_versions():
+            refs = _hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
+            return {m.group(1): b.target_commit for b in refs.branches
+                    if (m := re.fullmatch(r"v([1-9][0-9]{0,5})", b.name)) and _COMMIT_RE.match(b.target_commit or "")}
+
+        raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=listing_ttl())
+        if not _valid_versions(raw):
+            raw = list_versions()
+        revision, commit = _pick_version(spec, {int(k): v for k, v in raw.items()})
+    elif _COMMIT_RE.match(spec.revision):
+        revision = commit = spec.revision
     else:
         revision = spec.revision
-        info = _hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision)
-        commit = info.sha
-    variants = _hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit)
+        def revision_commit():
+            return _hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision).sha
+
+        commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=listing_ttl())
+        if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
+            commit = revision_commit()
+
+    def list_variants():
+        return sorted(v.variant_str for v in _hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit))
+
+    names = cached_listing(spec.repo_id, f"variants@{commit}", list_variants)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        names = list_variants()
+    variants = _parse_variants(names)
     resolution = _decide(spec, revision, commit, variants, offline=False)
     return _check_archs(spec, resolution, system, api=api)
+
+
+def _valid_versions(raw) -> bool:
+    return isinstance(raw, dict) and all(
+        isinstance(k, str) and re.fullmatch(r"[1-9][0-9]{0,5}", k) and isinstance(v, str) and _COMMIT_RE.match(v)
+        for k, v in raw.items())
+
+
+def _parse_variants(names: list[str]) -> list:
+    """Variant objects for listed names; names that are not variants (or not safe folder names) are skipped,
+    as kernels' own get_variants does."""
+    from kernels.variants import parse_variant
+
+    out = []
+    for n in names:
+        if "/" in n or n in ("", ".", "..") or any(ord(c) < 32 for c in n):
+            continue
+        try:
+            out.append(parse_variant(n))
+        except Exception:
+            continue
+    return out
 
 
 def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
@@ -169,13 +220,14 @@ def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
         return spec.revision, spec.revision
     if spec.revision is not None and spec.version is None:
         ref = refs / spec.revision
-        return (spec.revision, ref.read_text().strip()) if ref.is_file() else None
+        commit = ref.read_text().strip() if ref.is_file() else ""
+        return (spec.revision, commit) if _COMMIT_RE.match(commit) else None
     versions = {}
     if refs.is_dir():
         for p in refs.iterdir():
             m = re.fullmatch(r"v([1-9][0-9]*)", p.name)
-            if m and p.is_file():
-                versions[int(m.group(1))] = p.read_text().strip()
+            if m and p.is_file() and _COMMIT_RE.match(commit := p.read_text().strip()):
+                versions[int(m.group(1))] = commit
     if not versions:
         return None
     return _pick_version(spec, versions)

@@ -2,8 +2,10 @@
 
 A repo is trusted when its org or its full id is in the allow-list (``trust=`` argument, else the comma list in
 ``KERNEL_LOADER_TRUST``; ``*`` trusts everyone), or, online, when the Hub marks its org as a trusted kernel
-publisher (the flag the `kernels` client checks). Offline the flag cannot be asked; as in `kernels`, a cached copy
-was only written after the check passed online, so it is accepted.
+publisher (the flag the `kernels` client checks). Offline the flag cannot be asked: a download that passed the check
+records how (``<cache>/.kernel-loader/trust/<repo>.json``, see :mod:`kernel_loader.cachestate`), and an offline load
+accepts exactly the commits recorded there; a cached repo that was never trusted here (e.g. fetched by another tool)
+is refused unless the allow-list names it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ def check_trust(spec: KernelSpec, *, offline: bool, trust=None) -> str:
     if "*" in entries or spec.repo_id in entries or spec.org in entries:
         return "allow-list"
     if offline:
-        return "offline-cache"
+        from .cachestate import trust_record
+
+        if trust_record(spec.repo_id):
+            return "offline-cache"
+        raise KernelUnavailable(
+            f"offline and {spec.repo_id} was never trusted when it was downloaded to this cache; allow it with "
+            f"KERNEL_LOADER_TRUST={spec.org} or trust=[{spec.repo_id!r}], or download it online after trusting it",
+            stage="trust",
+        )
     from .resolve import hub_api, hub_endpoint
 
     try:
@@ -47,3 +57,14 @@ def check_trust(spec: KernelSpec, *, offline: bool, trust=None) -> str:
         f"allow it with KERNEL_LOADER_TRUST={spec.org} or trust=[{spec.repo_id!r}]",
         stage="trust",
     )
+
+
+def check_offline_commit(repo_id: str, commit: str) -> None:
+    """After an offline resolution trusted via the cache record: the commit itself must be one that was trusted."""
+    from .cachestate import trust_record
+
+    commits = trust_record(repo_id)
+    if commit not in commits:
+        have = ", ".join(c[:12] for c in sorted(commits)) or "none"
+        raise KernelUnavailable(f"offline: commit {commit[:12]} of {repo_id} was never trusted when downloaded "
+                                f"(trusted commits: {have})", stage="trust")

@@ -153,7 +153,8 @@ def test_tampered_file_is_refused_never_imported_and_removed(local_hub, tmp_path
 
     sys.modules.pop(good.module.__name__)
     clear_cache()
-    with pytest.warns(KernelFallbackWarning, match=r"digest check failed: .*__init__\.py"):
+    # Offline the tampered copy cannot be replaced: refused, never imported, removed.
+    with kernel_loader.offline(), pytest.warns(KernelFallbackWarning, match=r"digest check failed: .*__init__\.py"):
         bad = kernel_loader.load("acme/tamper")
     import builtins
 
@@ -161,6 +162,13 @@ def test_tampered_file_is_refused_never_imported_and_removed(local_hub, tmp_path
     assert not good.path.exists(), "a refused variant must not stay in the cache"
     clear_cache()
     assert kernel_loader.load("acme/tamper").variant == CPU_NOARCH  # downloaded again, verified
+    # Online a tampered cached copy is refused and replaced by a verified download in the same load.
+    init = good.path / "__init__.py"
+    _tamper_blob(init, init.read_bytes().replace(b"TAMPER_RAN = False", b"TAMPER_RAN = True "))
+    sys.modules.pop(good.module.__name__)
+    clear_cache()
+    again = kernel_loader.load("acme/tamper", strict=True)
+    assert builtins.TAMPER_RAN is False and b"TAMPER_RAN = False" in (again.path / "__init__.py").read_bytes()
 
 
 def test_unlisted_file_is_refused(local_hub, tmp_path):

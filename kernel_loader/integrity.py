@@ -1,0 +1,88 @@
+"""Checks on bytes and names that come from outside (a Hub, a lock file, a bundle) before we act on them.
+
+Everything here raises ``ValueError`` naming the input and saying what is valid; callers on the load path turn
+that into :class:`KernelUnavailable`. A hostile Hub controls metadata.json, tree listings and file contents, so a
+name is only ever used after :func:`safe_relpath` accepted it, and a module name only after :func:`check_metadata`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from pathlib import Path
+
+MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
+MAX_PATH_CHARS = 512
+_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
+_B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def safe_relpath(name: object, *, what: str) -> str:
+    """Return ``name`` if it is a plain relative POSIX path that stays inside its folder, else raise ValueError."""
+    rule = "a relative path of '/'-separated names without '..', '.', empty parts, backslashes or control characters"
+    if not isinstance(name, str):
+        raise ValueError(f"{what}: path {name!r} is a {type(name).__name__}, expected {rule}")
+    if not name or len(name) > MAX_PATH_CHARS:
+        raise ValueError(f"{what}: path {name[:80]!r} is empty or longer than {MAX_PATH_CHARS} characters")
+    if name.startswith("/") or "\\" in name or re.match(r"^[A-Za-z]:", name):
+        raise ValueError(f"{what}: path {name!r} is absolute or uses backslashes; expected {rule}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError(f"{what}: path {name!r} contains control characters; expected {rule}")
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"{what}: path {name!r} has an empty, '.' or '..' part; expected {rule}")
+    return name
+
+
+def check_commit(value: object, *, what: str) -> str:
+    if not isinstance(value, str) or not _COMMIT_RE.match(value):
+        raise ValueError(f"{what}: commit {value!r} is not 40 lowercase hex digits")
+    return value
+
+
+def check_digest_files(files: object, *, what: str) -> dict[str, str]:
+    """A digest's ``files`` map: safe relative names -> base64 sha256/sha512."""
+    if not isinstance(files, dict) or not files:
+        raise ValueError(f"{what}: digest files must be a non-empty object of path -> base64 hash, got {files!r:.80}")
+    for name, value in files.items():
+        safe_relpath(name, what=what)
+        if name == "metadata.json":
+            raise ValueError(f"{what}: digest lists metadata.json, which cannot contain its own hash")
+        if not isinstance(value, str) or not _B64_RE.match(value):
+            raise ValueError(f"{what}: digest of {name!r} is {value!r:.80}, expected base64 sha256 or sha512")
+    return dict(files)
+
+
+def check_metadata(raw: bytes, *, where: str):
+    """Parse a variant's metadata.json as the `kernels` library does, then refuse what we cannot use safely:
+    a build id that is not a plain module name (it becomes ``sys.modules[id]``) and digest paths that leave the
+    variant folder. Returns ``kernels._rust.Metadata``."""
+    from kernels._rust import Metadata
+
+    if len(raw) > MAX_METADATA_BYTES:
+        raise ValueError(f"{where}: metadata.json is {len(raw)} bytes; at most {MAX_METADATA_BYTES} are accepted")
+    try:
+        meta = Metadata.from_bytes(raw)
+    except (ValueError, OverflowError, TypeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ValueError(f"{where}: metadata.json is invalid ({first})") from None
+    if not _ID_RE.match(meta.id or ""):
+        raise ValueError(f"{where}: metadata.json id {meta.id!r} is not a Python module name "
+                         "(letters, digits and '_', e.g. '_flash_attn2_cpu_1a2b3c')")
+    if meta.digest is not None:
+        check_digest_files(dict(meta.digest.files), what=f"{where}: metadata.json")
+    return meta
+
+
+def sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def file_sha256_b64(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return base64.b64encode(h.digest()).decode()
