@@ -37,6 +37,7 @@ from paged_ref import decode_ref, flash_caches, fp8_round, make_scenario, tokens
 HQ, HK, D, PAGE = 32, 8, 128, 16
 DT = torch.bfloat16
 ROTATE_BYTES = 256 << 20
+TUNED: dict = {}  # layout -> kernel config chosen by the sweep (None: the package defaults)
 
 
 def bench(fn, warmup=10, rep=40):
@@ -165,6 +166,8 @@ class PagedSetup:
         self.layout, self.ctx, self.i = layout, ctx, 0
 
     def __call__(self):
+        if self.layout in TUNED:
+            pa_ops._tuning = TUNED[self.layout]
         t = self.tables[self.i % len(self.tables)]
         self.i += 1
         if self.layout == "vllm":
@@ -230,7 +233,7 @@ def flex_fn(batch, ctx, copies, g):
     return run, (kc, vc)
 
 
-def decode_grid(results, copy_bw, batches, ctxs, quick, deadline):
+def decode_grid(results, copy_bw, batches, ctxs, quick, deadline, only=None):
     g = torch.Generator().manual_seed(7)
     rows = []
     for ctx in ctxs:
@@ -245,6 +248,8 @@ def decode_grid(results, copy_bw, batches, ctxs, quick, deadline):
                        ("flex_paged", lambda: flex_fn(batch, ctx, copies, g)[0])]
             if quick:
                 methods = methods[:1] + methods[2:3]
+            if only:
+                methods = [m for m in methods if m[0] in only]
             left = deadline - time.time()
             if left < 0:
                 row["skipped"] = "time budget"
@@ -274,35 +279,43 @@ def decode_grid(results, copy_bw, batches, ctxs, quick, deadline):
 
 
 def sweep(results, copy_bw):
-    """Tile/warps/stages at the headline point (B64, ctx4k), vLLM layout."""
+    """Tile/warps/stages (and programs per SM for the context split) at the headline point (B64, ctx4k), both
+    cache layouts; returns the best config per layout."""
     g = torch.Generator().manual_seed(3)
     batch, ctx = 64, 4096
     kv_bytes = batch * ctx * HK * D * 4
-    setup = PagedSetup(batch, ctx, "vllm", 1, g)
-    out = []
-    for tile, warps, stages in [(32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 4, 2), (128, 8, 2),
-                                (128, 8, 3), (64, 4, 4)]:
-        pa_ops._tuning = {"tile": tile, "num_warps": warps, "num_stages": stages}
-        try:
-            ms = bench(setup)
-            out.append({"tile": tile, "num_warps": warps, "num_stages": stages, "ms": ms,
-                        "TBps": kv_bytes / (ms * 1e-3) / 1e12, "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw})
-        except Exception as e:
-            out.append({"tile": tile, "num_warps": warps, "num_stages": stages, "error": str(e)[:200]})
+    best, out = {}, []
+    for layout in ("vllm", "flash"):
+        setup = PagedSetup(batch, ctx, layout, 1, g)
+        configs = [dict(tile=t, num_warps=w, num_stages=st) for t in (64, 128) for w in (4, 8) for st in (2, 3)]
+        rows = []
+        for cfg in configs + ["pps"]:
+            cands = [cfg] if cfg != "pps" else [dict(min(rows, key=lambda r: r["ms"])["cfg"], programs_per_sm=p)
+                                                for p in (2, 8, 16)]
+            for c in cands:
+                pa_ops._tuning = c
+                try:
+                    ms = bench(setup)
+                    rows.append({"layout": layout, "cfg": c, "ms": ms, "TBps": kv_bytes / (ms * 1e-3) / 1e12,
+                                 "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw})
+                except Exception as e:
+                    out.append({"layout": layout, "cfg": c, "error": str(e)[:200]})
+        out.extend(rows)
+        best[layout] = min(rows, key=lambda r: r["ms"]) if rows else None
+        print(f"sweep {layout}: " + " ".join(f"{r['cfg']}={r['TBps']:.2f}" for r in rows), flush=True)
+        if layout == "vllm":
+            pa_ops._tuning = best[layout]["cfg"] if best[layout] else None
+            pa.set_validation(True)
+            ms_on = bench(setup)
+            pa.set_validation(False)
+            ms_off = bench(setup)
+            results["validation_cost_b64_ctx4k_ms"] = {"validate_on": ms_on, "validate_off": ms_off}
+            print(f"validation on {ms_on * 1e3:.1f} us vs off {ms_off * 1e3:.1f} us")
+        del setup
+        torch.cuda.empty_cache()
     pa_ops._tuning = None
-    ok = [r for r in out if "ms" in r]
-    best = min(ok, key=lambda r: r["ms"]) if ok else None
     results["sweep_b64_ctx4k"] = out
     results["sweep_best"] = best
-    # the cost of host-side validation (one small D2H copy per call) at the headline point, default config
-    pa.set_validation(True)
-    ms_on = bench(setup)
-    pa.set_validation(False)
-    ms_off = bench(setup)
-    results["validation_cost_b64_ctx4k_ms"] = {"validate_on": ms_on, "validate_off": ms_off}
-    print("sweep:", " ".join(f"{r['tile']}/{r['num_warps']}/{r['num_stages']}="
-                             f"{r.get('TBps', float('nan')):.2f}" for r in out))
-    print(f"validation on {ms_on * 1e3:.1f} us vs off {ms_off * 1e3:.1f} us")
     return best
 
 
@@ -404,6 +417,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer points and methods (a smoke run)")
     ap.add_argument("--skip-sweep", action="store_true")
     ap.add_argument("--parts", default="correct,sweep,grid,sliding")
+    ap.add_argument("--methods", default="", help="grid methods to run (comma list; default all): ours_vllm, "
+                    "ours_flash, sdpa_cudnn, sdpa_flash, flex_paged")
     ap.add_argument("--budget-s", type=float, default=480.0,
                     help="after this many seconds the grid skips FlexAttention (compiles per shape), then stops")
     args = ap.parse_args()
@@ -435,10 +450,8 @@ def main():
         pa.set_validation(False)  # timed calls: indices are valid by construction (cost measured in the sweep)
         if "sweep" in parts and not args.skip_sweep:
             best = sweep(results, copy_bw)
-            if best is not None:
-                pa_ops._tuning = {"tile": best["tile"], "num_warps": best["num_warps"],
-                                  "num_stages": best["num_stages"]}
-                results["grid_tuning"] = pa_ops._tuning
+            TUNED.update({k: v["cfg"] for k, v in best.items() if v})
+            results["grid_tuning"] = TUNED
             save()
         if "sliding" in parts:
             sliding_window_records(results, args.quick)
@@ -446,7 +459,8 @@ def main():
         if "grid" in parts:
             batches = [1, 16, 64, 256] if not args.quick else [64]
             ctxs = [1024, 4096, 32768] if not args.quick else [4096]
-            decode_grid(results, copy_bw, batches, ctxs, args.quick, t_all + args.budget_s)
+            decode_grid(results, copy_bw, batches, ctxs, args.quick, t_all + args.budget_s,
+                        args.methods.split(",") if args.methods else None)
     except Exception:
         results["error"] = traceback.format_exc()
         print(results["error"])
@@ -454,11 +468,11 @@ def main():
         results["seconds"] = time.time() - t_all
         save()
     head = next((r for r in results.get("decode", []) if r["batch"] == 64 and r["ctx"] == 4096), None)
-    if head and "TBps" in head.get("ours_vllm", {}):
-        o = head["ours_vllm"]
-        print(f"HEADLINE B64 ctx4k GQA32/8 page16: {o['TBps']:.2f} TB/s = {o['pct_copy']:.1f}% of copy bandwidth "
-              f"(target 2.85 TB/s)")
-
+    for name in ("ours_vllm", "ours_flash", "sdpa_cudnn"):
+        if head and "TBps" in head.get(name, {}):
+            o = head[name]
+            print(f"HEADLINE {name} B64 ctx4k GQA32/8 page16: {o['TBps']:.2f} TB/s = {o['pct_copy']:.1f}% of copy "
+                  "bandwidth (target 2.85 TB/s)")
 
 if __name__ == "__main__":
     main()

@@ -52,17 +52,28 @@ def _decode_partial(
 
     m_i = tl.full([G_PAD], float("-inf"), tl.float32)
     l_i = tl.zeros([G_PAD], tl.float32)
-    acc = tl.zeros([G_PAD, D], tl.float32)
+    acc = tl.zeros([G_PAD, D_PAD], tl.float32)
     k_d = (offs_d // X) * stride_kx + offs_d % X
+    # A tile is NP whole pages: [NP, PAGE, D] pointers built from aranges, so the compiler sees the contiguity
+    # inside a page (vLLM V: along tokens; K and flash layout: along head_dim) and issues wide loads.
+    NP: tl.constexpr = TILE // PAGE
+    offs_p = tl.arange(0, NP)
+    offs_s = tl.arange(0, PAGE)
     for t0 in range(start, end, TILE):
-        offs_t = t0 + tl.arange(0, TILE)
+        page_idx = t0 // PAGE + offs_p
+        tok = t0 + offs_p[:, None] * PAGE + offs_s[None, :]  # [NP, PAGE]
+        mask3 = (tok < end)[:, :, None] & mask_d[None, None, :]
+        blk = tl.load(BT + s.to(tl.int64) * stride_bts + page_idx, mask=page_idx * PAGE < end, other=0).to(tl.int64)
+        kb = blk * stride_kb + kvh * stride_kh
+        vb = blk * stride_vb + kvh * stride_vh
+        k = tl.load(K + kb[:, None, None] + offs_s[None, :, None] * stride_kt + k_d[None, None, :], mask=mask3,
+                    other=0.0)
+        v = tl.load(V + vb[:, None, None] + offs_s[None, :, None] * stride_vt + offs_d[None, None, :] * stride_vd,
+                    mask=mask3, other=0.0)
+        k = tl.reshape(k, [TILE, D_PAD])
+        v = tl.reshape(v, [TILE, D_PAD])
+        offs_t = tl.reshape(tok, [TILE])
         mask_t = offs_t < end
-        blk = tl.load(BT + s.to(tl.int64) * stride_bts + offs_t // PAGE, mask=mask_t, other=0).to(tl.int64)
-        slot = offs_t % PAGE
-        k = tl.load(K + blk[:, None] * stride_kb + kvh * stride_kh + slot[:, None] * stride_kt + k_d[None, :],
-                    mask=mask_t[:, None] & mask_d[None, :], other=0.0)
-        v = tl.load(V + blk[:, None] * stride_vb + kvh * stride_vh + slot[:, None] * stride_vt
-                    + offs_d[None, :] * stride_vd, mask=mask_t[:, None] & mask_d[None, :], other=0.0)
         if FP8:
             k = k.to(tl.float8e4nv, bitcast=True).to(q.dtype)
             v = v.to(tl.float8e4nv, bitcast=True).to(q.dtype)
@@ -124,6 +135,7 @@ def _sm_count(index: int) -> int:
 
 # (TILE, num_warps, num_stages) by head size; chosen from the H100 sweep in benchmarks/results_h100.json.
 TUNING = {64: (64, 4, 3), 128: (64, 4, 3), 256: (32, 4, 3)}
+PROGRAMS_PER_SM = 4
 
 
 def config_for(head_size: int, overrides: dict | None = None) -> tuple[int, int, int]:
@@ -133,9 +145,10 @@ def config_for(head_size: int, overrides: dict | None = None) -> tuple[int, int,
     return cfg
 
 
-def choose_partition(num_seqs: int, num_kv_heads: int, max_seq_len: int, tile: int, device) -> int:
+def choose_partition(num_seqs: int, num_kv_heads: int, max_seq_len: int, tile: int, device,
+                     programs_per_sm: int = 4) -> int:
     """Split the context only as much as needed to give every SM a few programs."""
-    target = 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    target = programs_per_sm * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     programs = max(1, num_seqs * num_kv_heads)
     parts = max(1, min(-(-target // programs), -(-max_seq_len // tile)))
     part = -(-max_seq_len // parts)
@@ -151,9 +164,12 @@ def decode(out, query, key_cache, value_cache, geom, scale, block_tables, seq_le
     g = hq // hk
     tile, warps, stages = config_for(d, tuning)
     max_len = max(int(max_seq_len), 1)
+    per_sm = (tuning or {}).get("programs_per_sm", PROGRAMS_PER_SM)
     part = partition_size if partition_size is not None else choose_partition(num_seqs, hk, max_len, tile,
-                                                                              query.device)
-    tile = min(tile, part)
+                                                                              query.device, per_sm)
+    tile = max(min(tile, part), geom.block_size)  # whole pages per tile (block sizes are powers of two)
+    if part % tile:
+        raise ValueError(f"paged_attention: partition {part} is not a multiple of the tile {tile}")
     nparts = -(-max_len // part)
     if geom.layout == "vllm":
         kx = key_cache.shape[-1]

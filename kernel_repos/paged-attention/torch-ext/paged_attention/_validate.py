@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -159,23 +160,24 @@ def check_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_seqs: i
         fail(f"seq_lens must be int32 (or int64), got {seq_lens.dtype}")
     if not _validate or num_seqs == 0:
         return
-    lens = seq_lens.detach().to("cpu", torch.int64)
-    tables = block_tables.detach().to("cpu", torch.int64)
-    if bool((lens < 0).any()):
-        i = int((lens < 0).nonzero()[0])
+    # one device->host copy each, then numpy: torch CPU ops cost ~10 us apiece, this runs once per decode step
+    lens = seq_lens.detach().to("cpu", torch.int64).numpy()
+    tables = block_tables.detach().cpu().numpy()
+    if (lens < 0).any():
+        i = int(np.flatnonzero(lens < 0)[0])
         fail(f"seq_lens[{i}] = {int(lens[i])} is negative")
     bs = geom.block_size
     capacity = tables.shape[1] * bs
-    if bool((lens > capacity).any()):
-        i = int((lens > capacity).nonzero()[0])
+    if (lens > capacity).any():
+        i = int(np.flatnonzero(lens > capacity)[0])
         fail(f"seq_lens[{i}] = {int(lens[i])} is longer than its block table covers "
              f"({tables.shape[1]} blocks x block_size {bs} = {capacity} tokens)")
     if max_seq_len is not None and int(lens.max()) > max_seq_len:
         fail(f"max_seq_len={max_seq_len} is smaller than max(seq_lens) = {int(lens.max())}")
-    used = torch.arange(tables.shape[1])[None, :] < ((lens + bs - 1) // bs)[:, None]
+    used = np.arange(tables.shape[1])[None, :] < ((lens + bs - 1) // bs)[:, None]
     bad = used & ((tables < 0) | (tables >= geom.num_blocks))
-    if bool(bad.any()):
-        s, j = (int(x) for x in bad.nonzero()[0])
+    if bad.any():
+        s, j = (int(x) for x in np.argwhere(bad)[0])
         fail(f"block_tables[{s}, {j}] = {int(tables[s, j])} is out of range: the cache has {geom.num_blocks} "
              f"blocks (valid 0..{geom.num_blocks - 1}) and sequence {s} (length {int(lens[s])}) uses entries "
              f"0..{int((lens[s] + bs - 1) // bs) - 1}")
