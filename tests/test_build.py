@@ -17,7 +17,7 @@ from kernel_loader.build import (
     BuildError,
     add_build_arguments,
     build_variant,
-    check_variant,
+    parse_target,
     host_variant,
     load_build_config,
     run_build,
@@ -264,7 +264,9 @@ def _toml_with(**edits: str) -> str:
         (_toml_with(**{'backends = ["cpu"]': 'backends = ["gpu"]'}), r"Unknown variant gpu\. Expected one of .*cpu"),
         (_toml_with(**{'backend = "cpu"': 'backend = "tpu"'}), r"Unknown variant tpu"),
         # valid edition-5 keys we do not implement: refused by name
-        (_toml_with(**{"[torch]": '[torch]\nstable-abi = "2.10"'}), r"torch\.stable-abi is valid .* not implemented"),
+        (_toml_with(**{"[torch]": '[torch]\nstable-abi = "2.x"'}), r"rejected by kernels.*TorchAbi"),
+        (_toml_with(**{'cxx-flags = ["-DSCALE_BIAS=0.0f"]': 'cuda-capabilities = ["8.0"]'}),
+         r"rejected by kernels.*Unknown field cuda-capabilities"),  # cpu sections have no capabilities
         (_toml_with(**{"edition = 5": 'edition = 5\nkernel-depends = []'}), r"general\.kernel-depends is valid"),
         (_toml_with(**{'backends = ["cpu"]': 'backends = ["cpu", "metal"]'}), r"general\.backends has 'metal'"),
         (_toml_with(**{'depends = ["torch"]': 'depends = ["torch", "cutlass_3_8"]'}), r"only 'torch' is implemented"),
@@ -303,20 +305,21 @@ def test_variant_requests(tmp_path):
     chosen, _ = resolve_variant([parse_variant(host)], "cpu")
     assert chosen is not None and chosen.variant_str == host
 
-    assert check_variant(host, ("cpu",)) == "cpu"
+    config = load_build_config(write_kernel(tmp_path / "k0"))
+    assert parse_target(host, config).kind == "torch"
     with pytest.raises(BuildError, match="is not a variant name"):
-        check_variant("banana", ("cpu",))
-    with pytest.raises(BuildError, match=f"cannot be built on this machine: it builds {host}; .*needs torch 2.99 "):
-        check_variant("torch299-cxx11-cpu-x86_64-linux", ("cpu",))
-    with pytest.raises(BuildError, match="backend 'cuda'; build.toml declares"):
-        check_variant("torch213-cxx11-cu130-x86_64-linux", ("cpu",))
-    with pytest.raises(BuildError, match="cuda.*not implemented"):
-        check_variant("torch213-cxx11-cu130-x86_64-linux", ("cpu", "cuda"))
-    with pytest.raises(BuildError, match="noarch, stable-ABI"):
-        check_variant("torch-cpu", ("cpu",))
+        parse_target("banana", config)
+    with pytest.raises(BuildError, match=r"backend 'cuda'; .*build\.toml declares general\.backends = \['cpu'\]"):
+        parse_target("torch213-cxx11-cu130-x86_64-linux", config)
+    with pytest.raises(BuildError, match="for aarch64-linux; this machine builds x86_64-linux only"):
+        parse_target("torch213-cxx11-cpu-aarch64-linux", config)
+    with pytest.raises(BuildError, match="does not declare torch.stable-abi"):
+        parse_target("torch-stable-abi210-cpu-x86_64-linux", config)
+    assert parse_target("torch-cpu", config).kind == "noarch"
 
     kdir = write_kernel(tmp_path / "k")
-    with pytest.raises(BuildError, match="cannot be built on this machine"):
+    with pytest.raises(BuildError, match=r"variant torch299-cxx11-cpu-x86_64-linux needs torch 2\.99, which is "
+                       r"not installed in any Python the builder looked at"):
         build_variant(kdir, variant="torch299-cxx11-cpu-x86_64-linux", progress=lambda _: None)
     assert not (kdir / "build").exists()
 
@@ -341,14 +344,14 @@ def test_cli_helpers_report_errors_with_exit_codes(tmp_path, capsys):
     add_build_arguments(parser)
     args = parser.parse_args([str(tmp_path), "--variant", "torch213-cxx11-cpu-x86_64-linux", "--out", "o", "-j", "2"])
     assert (args.kernel_dir, args.variant, args.out, args.jobs, args.verbose) == (
-        tmp_path, "torch213-cxx11-cpu-x86_64-linux", Path("o"), 2, False)
+        tmp_path, ["torch213-cxx11-cpu-x86_64-linux"], Path("o"), 2, False)
     assert run_build(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no build.toml here" in err
     kdir = write_kernel(tmp_path / "k")
     args = parser.parse_args([str(kdir), "--variant", "torch299-cxx11-cpu-x86_64-linux"])
     assert run_build(args) == 1
-    assert "cannot be built on this machine" in capsys.readouterr().err
+    assert "needs torch 2.99" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- the repo's flash-attn2 kernel

@@ -2,17 +2,34 @@
 
     from kernel_loader.build import build_variant
     built = build_variant(Path("kernel_repos/flash-attn2"))   # -> kernel_repos/flash-attn2/build/<variant>/
+    build_variants(Path("kernel_repos/flash-attn2"), ["torch213-cxx11-cpu-x86_64-linux",
+                   "torch214-cxx11-cu130-x86_64-linux", "torch-stable-abi210-cu130-x86_64-linux"])
 
-See ``config`` for the build.toml subset, ``backends`` for per-backend flags, ``variant`` for the folder layout.
+See ``config`` for the build.toml subset, ``targets`` for variant kinds, ``torchenv`` for where other torches are
+found, ``backends`` for per-backend flags, ``abicheck`` for the ABI check, ``variant`` for the folder layout.
 """
 
 from .backends import BuildError, BuildPlan, CompileUnit
-from .builder import build_variant, probe_ops
+from .abicheck import AbiReport, check_library
+from .builder import BuildFailure, build_variant, build_variants, default_target, local_targets, probe_ops
 from .cli import add_build_arguments, run_build
 from .config import BuildConfig, BuildConfigError, KernelSection, TorchSection, load_build_config
-from .variant import BuiltVariant, check_variant, host_variant, source_hash
+from .targets import Target, parse_target, variant_name
+from .torchenv import TorchEnv, find_env
+from .variant import BuiltVariant, host_variant, source_hash
 
 __all__ = [
+    "AbiReport",
+    "BuildFailure",
+    "Target",
+    "TorchEnv",
+    "build_variants",
+    "check_library",
+    "default_target",
+    "find_env",
+    "local_targets",
+    "parse_target",
+    "variant_name",
     "BuildConfig",
     "BuildConfigError",
     "BuildError",
@@ -23,7 +40,6 @@ __all__ = [
     "TorchSection",
     "add_build_arguments",
     "build_variant",
-    "check_variant",
     "host_variant",
     "load_build_config",
     "probe_ops",

@@ -1,21 +1,28 @@
 """Per-backend build plans: which sources to compile, with which flags, and how to link them.
 
-One ``plan_<backend>`` function per backend turns a :class:`BuildConfig` into a :class:`BuildPlan`; the compile
-step (``compile.py``) only executes plans and knows nothing about backends. Adding CUDA means writing
-``plan_cuda`` (nvcc rule, ``-gencode`` from ``cuda-capabilities``, ``backend.archs`` in metadata) and
-registering it in ``PLANNERS``.
+One ``plan_<backend>`` function per backend turns a :class:`BuildConfig`, a :class:`~.targets.Target` (which
+variant) and a :class:`~.torchenv.TorchEnv` (which torch to compile against, possibly another interpreter's) into
+a :class:`BuildPlan`; the compile step (``compile.py``) only executes plans and knows nothing about backends.
+Nothing here imports torch: every torch path comes from the TorchEnv.
+
+CUDA: ``.cu`` sources go through nvcc with one ``-gencode arch=compute_XY,code=sm_XY`` per
+``cuda-capabilities`` entry of their section (``+PTX`` adds ``code=compute_XY``), C++ sources of cuda sections
+through the host compiler with ``-DUSE_CUDA`` and the CUDA headers; the library links torch_cpu, torch_cuda, c10
+and the shared cudart (whose soname torch has already loaded). Stable-ABI targets add
+``-DTORCH_TARGET_VERSION=0x<MAJ><MIN>000000000000`` to every unit. metadata.json ``backend.archs`` lists the
+capabilities every cuda section was built for.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
-import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BuildConfig
+from .config import BuildConfig, KernelSection
 
 CXX_SUFFIXES = (".cpp", ".cc", ".cxx", ".c")
 HEADER_SUFFIXES = (".h", ".hh", ".hpp", ".hxx", ".cuh", ".inc")
@@ -30,23 +37,30 @@ class CompileUnit:
     """One source file and the flags that apply to it on top of the plan's common flags."""
 
     src: str  # relative to the kernel dir
-    rule: str  # "cxx" (a future CUDA plan adds "cuda")
+    rule: str  # "cxx" or "cuda" (nvcc)
     flags: tuple[str, ...] = ()
     origin: str = "torch"  # "torch" or the [kernel.<name>] section it came from
 
 
 @dataclass(frozen=True)
 class BuildPlan:
-    backend: str  # "cpu"
+    backend: str  # "cpu" | "cuda"
     ops_id: str  # "_flash_attn2_cpu_<rev>"; op namespace, library stem, TORCH_EXTENSION_NAME
-    cxx: str
-    units: tuple[CompileUnit, ...]
-    cflags: tuple[str, ...]  # common to every C++ unit
-    include_dirs: tuple[str, ...]  # -I, absolute; kept apart from flags so build-info.json stays machine-neutral
-    system_include_dirs: tuple[str, ...]  # -isystem (torch, Python): their warnings are not the kernel's
-    ldflags: tuple[str, ...]
     metadata_backend: dict  # metadata.json "backend" value
+    cxx: str = ""
+    units: tuple[CompileUnit, ...] = ()  # empty: a package-only (noarch) variant, no library
+    cflags: tuple[str, ...] = ()  # common to every C++ unit
+    include_dirs: tuple[str, ...] = ()  # -I, absolute; kept apart from flags so build-info.json stays machine-neutral
+    system_include_dirs: tuple[str, ...] = ()  # -isystem (torch, Python, CUDA): their warnings are not the kernel's
+    ldflags: tuple[str, ...] = ()
+    nvcc: str = ""
+    cuda_flags: tuple[str, ...] = ()  # common to every .cu unit (per-section -gencode go on the unit)
+    abi_policy: dict = field(default_factory=dict)  # what the ABI check enforces (see abicheck.py)
     info: dict = field(default_factory=dict)  # recorded in build-info.json
+
+    @property
+    def compiled(self) -> bool:
+        return bool(self.units)
 
     @property
     def library_name(self) -> str:
@@ -68,52 +82,68 @@ def compiler_version(cxx: str) -> str:
         return "unknown"
 
 
-def _torch_common(ops_id: str) -> tuple[list[str], list[str], list[str]]:
-    """cflags, include dirs and ldflags every torch C++ extension needs, whatever the backend."""
-    import torch
-    from torch.utils import cpp_extension
+CUDA_SUFFIXES = (".cu",)
+# The glibc floor the ABI check enforces. Built on a glibc 2.36 / gcc 12 host, every variant references
+# __libc_single_threaded@GLIBC_2.32 (libstdc++ inline code) and the CUDA ones dlsym@GLIBC_2.34 (the stable-ABI
+# headers' version check; cudart), so the default is manylinux_2_34 and build-info/metadata record the glibc each
+# variant really needs. torch 2.13+ wheels are manylinux_2_28: build in a manylinux_2_28 image and set
+# KERNEL_LOADER_MANYLINUX=manylinux_2_28 to produce (and enforce) variants that load wherever torch does.
+MANYLINUX_ENV = "KERNEL_LOADER_MANYLINUX"
+DEFAULT_MANYLINUX = "manylinux_2_34"
+PYTHON_ABI3 = "3.9"  # the .abi3.so suffix promises the Python stable ABI from 3.9 on
 
+
+def _torch_common(env, ops_id: str) -> tuple[list[str], list[str], list[str]]:
+    """cflags, include dirs and ldflags every torch C++ extension needs, whatever the backend."""
     cflags = [
         "-O3",
         "-std=c++17",
         "-fPIC",
         f"-DTORCH_EXTENSION_NAME={ops_id}",
-        f"-D_GLIBCXX_USE_CXX11_ABI={int(torch._C._GLIBCXX_USE_CXX11_ABI)}",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(env.cxx11_abi)}",
     ]
-    includes = [*cpp_extension.include_paths(), sysconfig.get_paths()["include"]]
-    libdirs = cpp_extension.library_paths()
     libs = ["c10", "torch", "torch_cpu"]
     # torch_python only when a binding uses pybind/THP; --as-needed drops it (and any other unused lib) otherwise.
-    if any((Path(d) / "libtorch_python.so").exists() for d in libdirs):
+    if env.has_library("torch_python"):
         libs.append("torch_python")
     # No rpath: torch's libraries are already loaded (by soname) when torch.ops.load_library runs.
-    ldflags = ["-shared", "-Wl,--as-needed", *(f"-L{d}" for d in libdirs), *(f"-l{lib}" for lib in libs)]
-    return cflags, includes, ldflags
+    ldflags = ["-shared", "-Wl,--as-needed", *(f"-L{d}" for d in env.library_dirs), *(f"-l{lib}" for lib in libs)]
+    return cflags, list(env.include_dirs), ldflags
 
 
-def _units(config: BuildConfig, backend: str, suffixes: tuple[str, ...]) -> list[CompileUnit]:
+def _units(config: BuildConfig, backend: str, rules: dict[str, str],
+           flags_for=None) -> list[CompileUnit]:
+    """Compile units of ``[torch] src`` and the backend's sections. ``rules``: suffix -> rule.
+    ``flags_for(section, rule) -> flags`` (section None for [torch]); default: the section's cxx-flags."""
     units: list[CompileUnit] = []
     seen: dict[str, str] = {}
 
-    def add(src: str, flags: tuple[str, ...], origin: str) -> None:
+    def default_flags(section: KernelSection | None, rule: str) -> tuple[str, ...]:
+        return config.torch.cxx_flags if section is None else section.cxx_flags
+
+    flags_for = flags_for or default_flags
+
+    def add(src: str, section: KernelSection | None) -> None:
+        origin = "torch" if section is None else f"kernel.{section.name}"
         suffix = Path(src).suffix
         if suffix in HEADER_SUFFIXES:
             return  # hashed into the revision, compiled through the sources that include it
-        if suffix not in suffixes:
+        if suffix not in rules:
             raise BuildError(
                 f"{config.kernel_dir / 'build.toml'}: {origin} lists {src!r}; a {backend} build compiles "
-                f"{', '.join(suffixes)} sources (headers {', '.join(HEADER_SUFFIXES)} are allowed too)"
+                f"{', '.join(rules)} sources (headers {', '.join(HEADER_SUFFIXES)} are allowed too)"
             )
         if src in seen:
             raise BuildError(f"{config.kernel_dir / 'build.toml'}: {src!r} is listed by both {seen[src]} and {origin}")
         seen[src] = origin
-        units.append(CompileUnit(src=src, rule="cxx", flags=flags, origin=origin))
+        rule = rules[suffix]
+        units.append(CompileUnit(src=src, rule=rule, flags=tuple(flags_for(section, rule)), origin=origin))
 
     for src in config.torch.src:
-        add(src, config.torch.cxx_flags, "torch")
+        add(src, None)
     for section in config.sections_for(backend):
         for src in section.src:
-            add(src, section.cxx_flags, f"kernel.{section.name}")
+            add(src, section)
     return units
 
 
@@ -125,17 +155,29 @@ def _section_includes(config: BuildConfig, backend: str) -> list[str]:
     return [str(config.kernel_dir), *(str(config.kernel_dir / d) for d in rel)]
 
 
-def plan_cpu(config: BuildConfig, ops_id: str) -> BuildPlan:
+def _stable_abi_flags(target) -> list[str]:
+    return [f"-DTORCH_TARGET_VERSION={target.target_version_define}"] if target.kind == "stable-abi" else []
+
+
+def _abi_policy(target) -> dict:
+    return {
+        "manylinux": os.environ.get(MANYLINUX_ENV) or DEFAULT_MANYLINUX,
+        "python_abi3": PYTHON_ABI3,
+        "torch_stable_abi": target.kind == "stable-abi",
+    }
+
+
+def plan_cpu(config: BuildConfig, target, env, ops_id: str) -> BuildPlan:
     """CPU: OpenMP C++17 build linked against torch's CPU libraries.
 
     No -march=native: a published variant must run on any x86_64/aarch64 host of its name, so ISA-specific
     code (AVX-512, AMX) belongs behind runtime dispatch or in a section's own cxx-flags.
     """
     cxx = compiler()
-    cflags, torch_includes, ldflags = _torch_common(ops_id)
-    cflags.append("-fopenmp")
+    cflags, torch_includes, ldflags = _torch_common(env, ops_id)
+    cflags += ["-fopenmp", *_stable_abi_flags(target)]
     ldflags.insert(1, "-fopenmp")
-    units = _units(config, "cpu", CXX_SUFFIXES)
+    units = _units(config, "cpu", {s: "cxx" for s in CXX_SUFFIXES})
     if not units:
         raise BuildError(f"{config.kernel_dir / 'build.toml'}: nothing to compile for cpu (no C++ sources listed)")
     return BuildPlan(
@@ -148,9 +190,156 @@ def plan_cpu(config: BuildConfig, ops_id: str) -> BuildPlan:
         system_include_dirs=tuple(torch_includes),
         ldflags=tuple(ldflags),
         metadata_backend={"type": "cpu"},
+        abi_policy=_abi_policy(target),
         info={"compiler": compiler_version(cxx)},
     )
 
 
-# backend name (as in build.toml) -> planner. CUDA comes with its own issue.
-PLANNERS = {"cpu": plan_cpu}
+# ---------------------------------------------------------------- CUDA
+
+
+def nvcc_path() -> str:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")):
+        if home and (Path(home) / "bin" / "nvcc").is_file():
+            return str(Path(home) / "bin" / "nvcc")
+    found = shutil.which("nvcc")
+    if found is None:
+        raise BuildError("nvcc not found; a CUDA variant needs the CUDA toolkit (put nvcc on PATH or set CUDA_HOME)")
+    return found
+
+
+def nvcc_version(nvcc: str) -> str:
+    """"13.0" from `nvcc --version` ("Cuda compilation tools, release 13.0, V13.0.88")."""
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise BuildError(f"{nvcc} --version failed: {e}") from None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    if not m:
+        raise BuildError(f"cannot read the CUDA version from `{nvcc} --version`: {out.strip()[-200:]}")
+    return f"{m.group(1)}.{m.group(2)}"
+
+
+def gencode_flags(capabilities: tuple[str, ...]) -> list[str]:
+    """ "8.0" -> -gencode arch=compute_80,code=sm_80; "9.0a" -> ..._90a; "9.0+PTX" adds code=compute_90 too."""
+    flags: list[str] = []
+    for cap in capabilities:
+        ptx = cap.endswith("+PTX")
+        base = cap[: -len("+PTX")] if ptx else cap
+        num = base.replace(".", "")
+        flags += ["-gencode", f"arch=compute_{num},code=sm_{num}"]
+        if ptx:
+            flags += ["-gencode", f"arch=compute_{num},code=compute_{num}"]
+    return flags
+
+
+def cuda_archs(config: BuildConfig) -> list[str]:
+    """metadata backend.archs: capabilities every capability-declaring cuda section was built for (a GPU must
+    run all of the library's code), in build.toml order."""
+    if config.noarch:
+        return list(config.noarch_cuda_capabilities)
+    declared = [s.cuda_capabilities for s in config.sections_for("cuda") if s.cuda_capabilities]
+    if not declared:
+        return []
+    common = [c for c in declared[0] if all(c in d for d in declared[1:])]
+    if not common:
+        raise BuildError(f"{config.kernel_dir / 'build.toml'}: the cuda sections' cuda-capabilities have no "
+                         f"capability in common ({[list(d) for d in declared]}); no GPU could run the library")
+    return common
+
+
+def _cuda_home(nvcc: str) -> Path:
+    """Toolkit root (include/cuda_runtime.h, lib64/libcudart.so). nvcc may be a wrapper script elsewhere on PATH
+    (e.g. /usr/local/bin/nvcc exec-ing /usr/local/cuda-13.0/bin/nvcc), so ask nvcc itself when CUDA_HOME is unset."""
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), str(Path(nvcc).resolve().parent.parent)]
+    try:
+        out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True).stderr
+        m = re.search(r"^#\$ TOP=(.+)$", out, re.M)
+        if m:
+            candidates.append(str(Path(m.group(1).strip()).resolve()))
+    except OSError:
+        pass
+    candidates.append("/usr/local/cuda")
+    for c in candidates:
+        if c and (Path(c) / "include" / "cuda_runtime.h").is_file():
+            return Path(c)
+    raise BuildError(f"cannot find the CUDA toolkit of {nvcc} (no include/cuda_runtime.h); set CUDA_HOME")
+
+
+def plan_cuda(config: BuildConfig, target, env, ops_id: str) -> BuildPlan:
+    """CUDA: nvcc for .cu sources, the host compiler for C++ (with -DUSE_CUDA), linked against torch's CUDA libs."""
+    cxx = compiler()
+    nvcc = nvcc_path()
+    have = nvcc_version(nvcc)
+    if have != target.cuda:
+        raise BuildError(f"variant {target.variant} needs nvcc for CUDA {target.cuda}; {nvcc} is CUDA {have} "
+                         f"(set CUDA_HOME to a CUDA {target.cuda} toolkit)")
+    if env.cuda != target.cuda:
+        raise BuildError(f"variant {target.variant} needs a torch built for CUDA {target.cuda}; "
+                         f"{env.describe()} is not")
+    cuda_home = _cuda_home(nvcc)
+    cflags, torch_includes, ldflags = _torch_common(env, ops_id)
+    stable = _stable_abi_flags(target)
+    cflags += ["-DUSE_CUDA", *stable]
+    cuda_includes = [str(cuda_home / "include")]
+    cuda_flags = [
+        "-O3",
+        "-std=c++17",
+        "-Xcompiler", "-fPIC",
+        f"-DTORCH_EXTENSION_NAME={ops_id}",
+        f"-D_GLIBCXX_USE_CXX11_ABI={int(env.cxx11_abi)}",
+        "-DUSE_CUDA",
+        *stable,
+        "--expt-relaxed-constexpr",
+        f"-ccbin={cxx}" if os.path.sep in cxx else f"-ccbin={shutil.which(cxx) or cxx}",
+    ]
+
+    def flags_for(section: KernelSection | None, rule: str) -> tuple[str, ...]:
+        if section is None:
+            return config.torch.cxx_flags
+        if rule == "cuda":
+            return (*gencode_flags(section.cuda_capabilities), *section.cuda_flags)
+        return section.cxx_flags
+
+    units = _units(config, "cuda", {**{s: "cxx" for s in CXX_SUFFIXES}, **{s: "cuda" for s in CUDA_SUFFIXES}},
+                   flags_for)
+    if not units:
+        raise BuildError(f"{config.kernel_dir / 'build.toml'}: nothing to compile for cuda (no .cu or C++ sources "
+                         f"listed); build the noarch variant torch-cuda for Triton-only kernels")
+    libs = [f"-l{lib}" for lib in ("torch_cuda", "c10_cuda") if env.has_library(lib)]
+    cudart_dirs = [d for d in (cuda_home / "lib64", cuda_home / "lib") if (d / "libcudart.so").exists()]
+    ldflags += [*libs, *(f"-L{d}" for d in cudart_dirs), "-lcudart"]
+    archs = cuda_archs(config)
+    info = {"compiler": compiler_version(cxx), "nvcc": f"CUDA {have}", "cuda_capabilities": archs}
+    if target.kind == "stable-abi":
+        info["torch_target_version"] = target.stable_abi
+    return BuildPlan(
+        backend="cuda",
+        ops_id=ops_id,
+        cxx=cxx,
+        units=tuple(units),
+        cflags=tuple(cflags),
+        include_dirs=tuple(_section_includes(config, "cuda")),
+        system_include_dirs=(*torch_includes, *cuda_includes),
+        ldflags=tuple(ldflags),
+        nvcc=nvcc,
+        cuda_flags=tuple(cuda_flags),
+        metadata_backend={"type": "cuda", "archs": archs} if archs else {"type": "cuda"},
+        abi_policy=_abi_policy(target),
+        info=info,
+    )
+
+
+def plan_noarch(config: BuildConfig, target, ops_id: str) -> BuildPlan:
+    """Package-only variant (``torch-cuda``, ``torch-cpu``): no compile, no library; archs still travel in
+    metadata so the loader refuses a Triton kernel on GPUs it was not written for."""
+    backend: dict = {"type": target.backend}
+    if target.backend == "cuda":
+        archs = cuda_archs(config)
+        if archs:
+            backend["archs"] = archs
+    return BuildPlan(backend=target.backend, ops_id=ops_id, metadata_backend=backend, info={"noarch": True})
+
+
+# backend name (as in build.toml) -> planner of its compiled variants.
+PLANNERS = {"cpu": plan_cpu, "cuda": plan_cuda}

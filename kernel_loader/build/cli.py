@@ -7,13 +7,21 @@ import sys
 from pathlib import Path
 
 from .backends import BuildError
-from .builder import build_variant
+from .builder import BuildFailure, build_variant, build_variants
 from .config import BuildConfigError
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kernel_dir", type=Path, help="kernel source directory (holds build.toml)")
-    parser.add_argument("--variant", help="variant to build; refused unless this machine builds it (default: its own)")
+    parser.add_argument("--variant", action="append", default=None,
+                        help="variant to build (repeatable), e.g. torch214-cxx11-cu130-x86_64-linux, "
+                        "torch-stable-abi210-cu130-x86_64-linux, torch-cuda (default: the running torch's)")
+    parser.add_argument("--all-local", action="store_true",
+                        help="also build every variant this machine can build (each torch found, stable ABI)")
+    parser.add_argument("--python", action="append", default=None, metavar="PYTHON",
+                        help="interpreter whose torch to compile against (repeatable; default: this one, "
+                        "$KERNEL_LOADER_BUILD_PYTHONS, .venv*/bin/python)")
+    parser.add_argument("--keep-going", action="store_true", help="with several variants: go on after a failure")
     parser.add_argument("--out", type=Path, default=None, help="output root; the variant goes to OUT/<variant>/ "
                         "(default: KERNEL_DIR/build)")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="parallel compile jobs (default: ninja's)")
@@ -22,8 +30,22 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     """Returns a process exit code: 0 built, 2 bad build.toml or request, 1 build failure."""
+    variants = args.variant or []
+    if isinstance(variants, str):
+        variants = [variants]
+    python = getattr(args, "python", None) or ()
     try:
-        build_variant(args.kernel_dir, out_dir=args.out, variant=args.variant, jobs=args.jobs, verbose=args.verbose)
+        if len(variants) <= 1 and not getattr(args, "all_local", False):
+            build_variant(args.kernel_dir, out_dir=args.out, variant=variants[0] if variants else None,
+                          jobs=args.jobs, verbose=args.verbose, python=python or None)
+            return 0
+        results = build_variants(args.kernel_dir, variants, all_local=args.all_local, out_dir=args.out,
+                                 jobs=args.jobs, verbose=args.verbose, python=python,
+                                 keep_going=getattr(args, "keep_going", False))
+        failed = [r for r in results if isinstance(r, BuildFailure)]
+        for f in failed:
+            print(f"error: {f.variant}: {f.error}", file=sys.stderr)
+        return 1 if failed or len(results) < len(set(variants)) else 0
     except BuildConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -53,6 +53,9 @@ def object_path(unit: CompileUnit) -> str:
 
 def write_ninja_file(plan: BuildPlan, kernel_dir: Path, build_dir: Path) -> Path:
     includes = [f"-I{d}" for d in plan.include_dirs] + [f"-isystem{d}" for d in plan.system_include_dirs]
+    nvcc_includes = [f"-I{d}" for d in plan.include_dirs]
+    for d in plan.system_include_dirs:
+        nvcc_includes += ["-isystem", d]
     lines = [
         "ninja_required_version = 1.3",
         f"cxx = {shlex.quote(plan.cxx)}",
@@ -65,6 +68,22 @@ def write_ninja_file(plan: BuildPlan, kernel_dir: Path, build_dir: Path) -> Path
         "  deps = gcc",
         "  description = CXX $src",
         "",
+    ]
+    if any(u.rule == "cuda" for u in plan.units):
+        lines += [
+            f"nvcc = {shlex.quote(plan.nvcc)}",
+            # nvcc wants "-isystem DIR" as two arguments
+            f"cuda_flags = {_esc_flags([*plan.cuda_flags, *nvcc_includes])}",
+            "",
+            "rule cuda",
+            "  command = $nvcc --generate-dependencies-with-compile --dependency-output $out.d $cuda_flags "
+            "$extra_flags -c $in -o $out",
+            "  depfile = $out.d",
+            "  deps = gcc",
+            "  description = NVCC $src",
+            "",
+        ]
+    lines += [
         "rule link",
         "  command = $cxx $in -o $out $ldflags",
         "  description = LINK $out",

@@ -19,25 +19,42 @@ Supported keys::
     source = "https://..."      # optional; copied to metadata
 
     [torch]
-    src = ["torch-ext/torch_binding.cpp", "torch-ext/torch_binding.h"]  # required; headers are hashed, not compiled
+    src = ["torch-ext/torch_binding.h"]  # required, may be empty; compiled for EVERY backend, so keep it to
+                                          # files valid for all of them (headers are hashed, not compiled)
     include = ["csrc"]          # optional; extra -I dirs (relative to the kernel dir) for the torch sources
     pyext = ["py", "json"]      # optional; package file extensions copied into the variant (default py, pyi)
     cxx-flags = [...]           # optional; extra flags for the torch sources
     minver = "2.9"              # optional; refuse to build against an older torch
     maxver = "2.14"             # optional; refuse to build against a newer torch (major.minor compared)
+    stable-abi = "2.10"         # optional; the sources use torch/csrc/stable only: enables torch-stable-abiXY-*
+                                # variants (XY >= this), compiled with -DTORCH_TARGET_VERSION for XY
 
     [kernel.<section>]
     backend = "cpu" | "cuda"    # required
     depends = ["torch"]         # required; only "torch" is implemented
-    src = [...]                 # required
+    src = [...]                 # required; empty only in a capabilities-only cuda section (Triton kernels)
     include = [...]             # optional; -I dirs for this section's sources
     cxx-flags = [...]           # optional; apply to this section's C++ sources only
-    cuda-capabilities = [...]   # cuda sections only (read now, used by the CUDA backend)
-    cuda-flags = [...]          # cuda sections only
+    cuda-capabilities = [...]   # cuda sections; "8.0", "9.0a", "10.0f", "9.0+PTX" -> -gencode flags and
+                                # metadata backend.archs; required when the section has .cu sources
+    cuda-flags = [...]          # cuda sections only; extra nvcc flags for this section's .cu sources
+
+Per-backend bindings: ``[torch] src`` is compiled into every backend's library, so a kernel whose op registration
+differs per backend (flash-attn2: classic TORCH_LIBRARY for CPU, a torch/csrc/stable binding for CUDA) lists the
+binding sources in its ``[kernel.*]`` sections of that backend and keeps only shared headers in ``[torch] src``.
+
+A package-only kernel (Triton or plain torch code, nothing compiled) uses ``[torch-noarch]`` instead of
+``[torch]``::
+
+    [torch-noarch]
+    pyext = ["py"]                      # optional
+    cuda_capabilities = ["9.0"]         # optional; metadata backend.archs of its torch-cuda variant
+
+and builds only noarch variants (``torch-cuda``, ``torch-cpu``).
 
 Not implemented (a clear error names them): ``general.cuda``, ``general.hub``, ``general.kernel-depends``,
-``general.neuron``, ``general.tpu``, ``general.xpu``, ``torch.stable-abi``, ``kernel.*.cuda-minver``, the
-``[tvm-ffi]`` / ``[torch-noarch]`` frameworks, and kernel backends other than cpu and cuda. The kernel directory
+``general.neuron``, ``general.tpu``, ``general.xpu``, ``kernel.*.cuda-minver``, the
+``[tvm-ffi]`` framework, ``torch-noarch.rocm_archs``, and kernel backends other than cpu and cuda. The kernel directory
 itself is always on the include path, so sources may include headers as ``"csrc/cpu/foo.h"``.
 """
 
@@ -55,12 +72,15 @@ BUILD_FILE = "build.toml"
 
 # Keys we read; everything else that kernels' schema accepts is refused with a "not implemented" error.
 _GENERAL_KEYS = {"name", "edition", "version", "license", "backends", "python-depends", "upstream", "source"}
-_TORCH_KEYS = {"src", "include", "pyext", "cxx-flags", "minver", "maxver"}
+_TORCH_KEYS = {"src", "include", "pyext", "cxx-flags", "minver", "maxver", "stable-abi"}
+# Compute capability as kernels.archs parses it: MAJOR.MINOR, optional a/f suffix, optional +PTX.
+_CAPABILITY = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")
 _KERNEL_KEYS = {
     "cpu": {"backend", "depends", "src", "include", "cxx-flags"},
     "cuda": {"backend", "depends", "src", "include", "cxx-flags", "cuda-capabilities", "cuda-flags"},
 }
-_TOP_LEVEL = {"general", "torch", "kernel"}
+_TOP_LEVEL = {"general", "torch", "kernel", "torch-noarch"}
+_NOARCH_KEYS = {"pyext", "cuda_capabilities"}
 _IMPLEMENTED_BACKENDS = ("cpu", "cuda")
 _DEFAULT_PYEXT = ("py", "pyi")  # kernel-builder's default
 
@@ -91,6 +111,7 @@ class TorchSection:
     cxx_flags: tuple[str, ...] = ()
     minver: str | None = None
     maxver: str | None = None
+    stable_abi: str | None = None  # "2.10"
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,8 @@ class BuildConfig:
     backends: tuple[str, ...]
     torch: TorchSection
     kernels: tuple[KernelSection, ...] = ()
+    noarch: bool = False  # [torch-noarch]: package only, noarch variants only
+    noarch_cuda_capabilities: tuple[str, ...] = ()  # torch-noarch.cuda_capabilities
     python_depends: tuple[str, ...] = ()
     upstream: str | None = None
     source: str | None = None
@@ -166,12 +189,19 @@ def _from_toml(kernel_dir: Path, path: Path, data: dict) -> BuildConfig:
             raise BuildConfigError(
                 f"{path}: general.backends has {b!r}; this builder implements {', '.join(_IMPLEMENTED_BACKENDS)}"
             )
+    if "torch-noarch" in data:
+        return _noarch_config(kernel_dir, path, data, general, backends)
     if "torch" not in data:
         raise BuildConfigError(f"{path}: missing [torch] table (with src = [...]); it is the only framework implemented")
     torch = data["torch"]
     _refuse_unimplemented(path, "torch.", torch, _TORCH_KEYS)
-    if not torch.get("src"):
-        raise BuildConfigError(f"{path}: missing required key torch.src (the op registration sources)")
+    if "src" not in torch:
+        raise BuildConfigError(f"{path}: missing required key torch.src (sources compiled for every backend; "
+                               f"may be empty)")
+    stable_abi = torch.get("stable-abi")
+    if stable_abi is not None and not re.fullmatch(r"2\.\d+", str(stable_abi)):
+        raise BuildConfigError(f"{path}: torch.stable-abi = {stable_abi!r}; write the oldest torch the stable-ABI "
+                               f"variants target as a string like \"2.10\"")
 
     sections = []
     for sec_name, sec in data.get("kernel", {}).items():
@@ -190,8 +220,13 @@ def _from_toml(kernel_dir: Path, path: Path, data: dict) -> BuildConfig:
         extra = [d for d in depends if d != "torch"]
         if extra:
             raise BuildConfigError(f"{path}: {where}.depends has {extra}; only 'torch' is implemented")
-        if not sec.get("src"):
-            raise BuildConfigError(f"{path}: {where}.src is missing or empty")
+        caps = _check_capabilities(path, f"{where}.cuda-capabilities", sec.get("cuda-capabilities", ()))
+        if "src" not in sec or (not sec["src"] and not caps):
+            raise BuildConfigError(f"{path}: {where}.src is missing or empty (only a cuda section with "
+                                   f"cuda-capabilities may have no sources: it declares archs for Triton code)")
+        if any(str(s).endswith(".cu") for s in sec["src"]) and not caps:
+            raise BuildConfigError(f"{path}: {where} compiles .cu sources but has no cuda-capabilities "
+                                   f"(e.g. cuda-capabilities = [\"8.0\", \"9.0\"])")
         sections.append(
             KernelSection(
                 name=sec_name,
@@ -200,7 +235,7 @@ def _from_toml(kernel_dir: Path, path: Path, data: dict) -> BuildConfig:
                 depends=depends,
                 include=tuple(sec.get("include", ())),
                 cxx_flags=tuple(sec.get("cxx-flags", ())),
-                cuda_capabilities=tuple(sec.get("cuda-capabilities", ())),
+                cuda_capabilities=caps,
                 cuda_flags=tuple(sec.get("cuda-flags", ())),
             )
         )
@@ -218,8 +253,46 @@ def _from_toml(kernel_dir: Path, path: Path, data: dict) -> BuildConfig:
             cxx_flags=tuple(torch.get("cxx-flags", ())),
             minver=torch.get("minver"),
             maxver=torch.get("maxver"),
+            stable_abi=stable_abi,
         ),
         kernels=tuple(sections),
+        python_depends=tuple(general.get("python-depends", ())),
+        upstream=general.get("upstream"),
+        source=general.get("source"),
+    )
+    _check_paths(path, config)
+    return config
+
+
+def _check_capabilities(path: Path, where: str, caps) -> tuple[str, ...]:
+    for cap in caps:
+        if not isinstance(cap, str) or not _CAPABILITY.match(cap):
+            raise BuildConfigError(
+                f"{path}: {where} has {cap!r}; write compute capabilities as MAJOR.MINOR "
+                f"with an optional a/f suffix or +PTX, e.g. \"8.0\", \"9.0a\", \"10.0f\", \"9.0+PTX\" "
+                f"(not \"sm_90\")"
+            )
+    return tuple(caps)
+
+
+def _noarch_config(kernel_dir: Path, path: Path, data: dict, general: dict, backends: tuple[str, ...]) -> BuildConfig:
+    if "torch" in data:
+        raise BuildConfigError(f"{path}: has both [torch] and [torch-noarch]; a kernel is either compiled or not")
+    if data.get("kernel"):
+        raise BuildConfigError(f"{path}: [torch-noarch] kernels compile nothing, so [kernel.*] sections are not "
+                               f"allowed; declare GPU archs with torch-noarch.cuda_capabilities")
+    noarch = data["torch-noarch"]
+    _refuse_unimplemented(path, "torch-noarch.", noarch, _NOARCH_KEYS)
+    caps = _check_capabilities(path, "torch-noarch.cuda_capabilities", noarch.get("cuda_capabilities", ()))
+    config = BuildConfig(
+        kernel_dir=kernel_dir,
+        name=general["name"],
+        version=int(general["version"]),
+        license=general["license"],
+        backends=backends,
+        torch=TorchSection(src=(), pyext=tuple(noarch.get("pyext", _DEFAULT_PYEXT))),
+        noarch=True,
+        noarch_cuda_capabilities=caps,
         python_depends=tuple(general.get("python-depends", ())),
         upstream=general.get("upstream"),
         source=general.get("source"),

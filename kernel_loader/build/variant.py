@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -28,86 +27,31 @@ REV_LEN = 10  # hex chars of the source hash in the op namespace; 40 bits keeps 
 
 
 def host_variant(backend: str = "cpu") -> str:
-    """The exact-torch variant this machine builds for ``backend``, e.g. ``torch213-cxx11-cpu-x86_64-linux``.
+    """The exact-torch variant the running torch builds for ``backend``, e.g. ``torch213-cxx11-cpu-x86_64-linux``.
 
     Built from kernels' own variant classes so the name is one the stock client resolves.
     """
-    import torch
-    from kernels.backends import CPU
-    from kernels.variants import Arch, ArchVariant, Torch
+    from .targets import variant_name
+    from .torchenv import running_env
+
+    env = running_env()
+    if backend == "cuda" and not env.cuda:
+        raise BuildError(f"the running torch ({env.torch_version}) has no CUDA; name a cuNNN variant explicitly")
+    return variant_name("torch", backend, torch_minor=env.minor, cuda=env.cuda if backend == "cuda" else None,
+                        cxx11_abi=env.cxx11_abi)
+
+
+def check_torch_range(config: BuildConfig, env, target) -> None:
+    """torch.minver/maxver against the torch compiled against (stable ABI: against the targeted version)."""
     from packaging.version import Version
 
-    if backend != "cpu":
-        raise BuildError(f"building the {backend!r} backend is not implemented yet (this builder does cpu)")
-    v = Version(torch.__version__)
-    system = platform.system().lower()
-    abi = torch.compiled_with_cxx11_abi() if system == "linux" else None
-    machine = platform.machine()
-    if system == "windows" and machine == "AMD64":
-        machine = "x86_64"
-    framework = Torch(version=Version(f"{v.major}.{v.minor}"), cxx11_abi=abi)
-    return ArchVariant(framework=framework, arch=Arch(backend=CPU(), platform=machine, os=system)).variant_str
-
-
-def check_variant(requested: str, backends: tuple[str, ...]) -> str:
-    """Validate a requested variant name against what this machine can build; returns the backend to build."""
-    from kernels.variants import ArchVariant, Torch, parse_variant
-
-    try:
-        parsed = parse_variant(requested)
-    except ValueError as e:
-        raise BuildError(f"variant {requested!r} is not a variant name ({e}); example: {host_variant('cpu')}") from None
-    if not isinstance(parsed, ArchVariant) or not isinstance(parsed.framework, Torch):
-        raise BuildError(
-            f"variant {requested!r}: only exact-torch arch variants (torchXY-cxx11-<backend>-<arch>-<os>) are built "
-            f"here; noarch, stable-ABI and tvm-ffi variants are not implemented"
-        )
-    backend = parsed.arch.backend.name
-    if backend not in backends:
-        raise BuildError(f"variant {requested!r} is for backend {backend!r}; build.toml declares {list(backends)}")
-    host = host_variant(backend)
-    if requested != host:
-        have = parse_variant(host)
-        diffs = [
-            f"{what} {want} (here: {got})"
-            for what, want, got in (
-                ("torch", parsed.framework.version, have.framework.version),
-                ("C++ ABI cxx11", parsed.framework.cxx11_abi, have.framework.cxx11_abi),
-                ("CPU architecture", parsed.arch.platform, have.arch.platform),
-                ("OS", parsed.arch.os, have.arch.os),
-            )
-            if want != got
-        ]
-        raise BuildError(
-            f"variant {requested!r} cannot be built on this machine: it builds {host}; "
-            f"the request needs {', '.join(diffs) or 'a different machine'}"
-        )
-    return backend
-
-
-def default_backend(config: BuildConfig) -> str:
-    from .backends import PLANNERS
-
-    for backend in config.backends:
-        if backend in PLANNERS:
-            return backend
-    raise BuildError(
-        f"{config.kernel_dir / 'build.toml'}: declares backends {list(config.backends)}; "
-        f"this builder can build {', '.join(PLANNERS)}"
-    )
-
-
-def check_torch_range(config: BuildConfig) -> None:
-    import torch
-    from packaging.version import Version
-
-    v = Version(torch.__version__)
-    running = Version(f"{v.major}.{v.minor}")
+    running = Version(target.stable_abi if target.kind == "stable-abi" else env.minor)
     where = config.kernel_dir / "build.toml"
+    what = f"variant {target.variant} targets torch {running}"
     if config.torch.minver and running < Version(config.torch.minver):
-        raise BuildError(f"{where}: torch.minver = {config.torch.minver!r} but the running torch is {torch.__version__}")
+        raise BuildError(f"{where}: torch.minver = {config.torch.minver!r} but {what}")
     if config.torch.maxver and running > Version(config.torch.maxver):
-        raise BuildError(f"{where}: torch.maxver = {config.torch.maxver!r} but the running torch is {torch.__version__}")
+        raise BuildError(f"{where}: torch.maxver = {config.torch.maxver!r} but {what}")
 
 
 # ---------------------------------------------------------------- source revision
@@ -186,8 +130,20 @@ def add_op_namespace_prefix(op_name: str) -> str:
 '''
 
 
+_NOARCH_OPS_TEMPLATE = '''\
+# Generated by kernel_loader's builder. A package-only (noarch) variant has no compiled library: ops is None.
+ops = None
+
+
+def add_op_namespace_prefix(op_name: str) -> str:
+    """Namespace for ops the package registers itself (torch.library.custom_op), unique per build."""
+    return f"{ops_id}::{{op_name}}"
+'''
+
+
 def write_ops_py(dest: Path, plan: BuildPlan) -> None:
-    (dest / "_ops.py").write_text(_OPS_TEMPLATE.format(library=plan.library_name, ops_id=plan.ops_id))
+    template = _OPS_TEMPLATE if plan.compiled else _NOARCH_OPS_TEMPLATE
+    (dest / "_ops.py").write_text(template.format(library=plan.library_name, ops_id=plan.ops_id))
 
 
 def copy_package(config: BuildConfig, dest: Path) -> list[str]:
@@ -264,14 +220,15 @@ class BuiltVariant:
     name: str  # kernel name from build.toml
     backend: str
     ops_id: str  # torch.ops namespace and library stem
-    library: Path  # path of the .abi3.so inside the folder
+    library: Path | None  # path of the .abi3.so inside the folder; None for a noarch variant
     ops: tuple[str, ...]  # op names registered under ops_id
     size_bytes: int  # whole folder
     seconds: float
     source_hash: str
+    torch: str | None = None  # the torch compiled against ("2.14.1+cu130"); None for noarch
+    archs: tuple[str, ...] = ()  # metadata backend.archs
+    glibc: str | None = None  # newest glibc symbol version the library needs
 
     def summary(self) -> str:
-        return (
-            f"built {self.name} {self.variant}: {len(self.ops)} ops in {self.ops_id}, "
-            f"{self.size_bytes / 1e6:.2f} MB, {self.seconds:.1f} s -> {self.path}"
-        )
+        what = f"{len(self.ops)} ops in {self.ops_id}" if self.library else "package only"
+        return f"built {self.name} {self.variant}: {what}, {self.size_bytes / 1e6:.2f} MB, {self.seconds:.1f} s -> {self.path}"
