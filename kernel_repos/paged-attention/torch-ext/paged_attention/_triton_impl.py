@@ -133,13 +133,16 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-# (TILE, num_warps, num_stages) by head size; chosen from the H100 sweep in benchmarks/results_h100.json.
-TUNING = {64: (64, 4, 3), 128: (64, 4, 3), 256: (32, 4, 3)}
+# (TILE, num_warps, num_stages, programs per SM) by (layout, head size); the head-dim-128 rows are the best of the
+# H100 sweep at batch 64, context 4k (benchmarks/results_h100.json, "sweep_best"); the others are scaled guesses.
+TUNING = {("vllm", 64): (64, 4, 2, 8), ("vllm", 128): (64, 4, 2, 8), ("vllm", 256): (32, 4, 2, 8),
+          ("flash", 64): (128, 4, 2, 2), ("flash", 128): (128, 4, 2, 2), ("flash", 256): (64, 4, 2, 2)}
 PROGRAMS_PER_SM = 4
 
 
-def config_for(head_size: int, overrides: dict | None = None) -> tuple[int, int, int]:
-    cfg = TUNING.get(head_size) or TUNING[128 if head_size <= 128 else 256]
+def config_for(head_size: int, overrides: dict | None = None, layout: str = "vllm") -> tuple[int, int, int]:
+    key = (layout, 64 if head_size <= 64 else 128 if head_size <= 128 else 256)
+    cfg = TUNING[key][:3]
     if overrides:
         cfg = (overrides.get("tile", cfg[0]), overrides.get("num_warps", cfg[1]), overrides.get("num_stages", cfg[2]))
     return cfg
@@ -162,9 +165,10 @@ def decode(out, query, key_cache, value_cache, geom, scale, block_tables, seq_le
         return
     hk = geom.num_kv_heads
     g = hq // hk
-    tile, warps, stages = config_for(d, tuning)
+    tile, warps, stages = config_for(d, tuning, geom.layout)
     max_len = max(int(max_seq_len), 1)
-    per_sm = (tuning or {}).get("programs_per_sm", PROGRAMS_PER_SM)
+    size_key = 64 if d <= 64 else 128 if d <= 128 else 256
+    per_sm = (tuning or {}).get("programs_per_sm", TUNING[(geom.layout, size_key)][3])
     part = partition_size if partition_size is not None else choose_partition(num_seqs, hk, max_len, tile,
                                                                               query.device, per_sm)
     tile = max(min(tile, part), geom.block_size)  # whole pages per tile (block sizes are powers of two)
