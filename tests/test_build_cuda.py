@@ -338,7 +338,7 @@ def test_three_flash_attn2_variants_build_publish_and_resolve(tmp_path, local_hu
     assert set(names) <= {d.variant.variant_str for d in decisions}
     accepted = [d.variant.variant_str for d in decisions if isinstance(d, VariantAccepted)]
     assert accepted and accepted[0] == names[0], decisions  # no GPU here: the CUDA ones are rejected
-    fa = kernels.get_kernel(repo, version=1)
+    fa = kernels.get_kernel(repo, version=1, trust_remote_code=True)
     assert Path(fa.__file__).parent.name == "torch213-cxx11-cpu-x86_64-linux"
     q, k, v = (torch.randn(1, 70, 2, 64) for _ in range(3))
     out = fa.flash_attn_func(q, k, v, causal=True)
