@@ -8,7 +8,8 @@
 
 A flash-attn style kernel module provides ``flash_attn_func`` (flash layout (B, S, H, D), bottom-right causal,
 ``window_size``, ``softcap``) and optionally ``flash_attn_varlen_func`` and a ``SUPPORTED`` dict
-(``dtypes``, ``head_dims``, ``backward``, ``devices``). Inputs outside ``SUPPORTED`` go to SDPA for that call only,
+(``dtypes``, ``head_dims``, ``backward``, ``devices``, optionally ``dtypes_by_device`` / ``head_dims_by_device``
+mapping a device type to its own limits). Inputs outside ``SUPPORTED`` go to SDPA for that call only,
 with one warning per reason.
 """
 
@@ -101,15 +102,20 @@ class FlashKernel:
         self.backward = bool(supported.get("backward", False))
         devices = supported.get("devices") or supported.get("device") or device_type
         self.devices = (devices,) if isinstance(devices, str) else tuple(devices)
+        # Optional per-device limits ({"cpu": (...), "cuda": (...)}); they win over dtypes/head_dims for that device.
+        self.dtypes_by_device = dict(supported.get("dtypes_by_device") or {})
+        self.head_dims_by_device = dict(supported.get("head_dims_by_device") or {})
 
     def unsupported(self, q, k, v) -> str | None:
         """Why this call cannot use the kernel, or None."""
         if q.device.type not in self.devices:
             return f"tensors on {q.device.type}, kernel runs on {'/'.join(self.devices)}"
-        if q.dtype not in self.dtypes or k.dtype != q.dtype or v.dtype != q.dtype:
-            return f"dtype {q.dtype} not in {', '.join(str(d) for d in self.dtypes)}"
+        dtypes = tuple(self.dtypes_by_device.get(q.device.type, self.dtypes))
+        head_dims = self.head_dims_by_device.get(q.device.type, self.head_dims)
+        if q.dtype not in dtypes or k.dtype != q.dtype or v.dtype != q.dtype:
+            return f"dtype {q.dtype} not in {', '.join(str(d) for d in dtypes)}"
         d = q.shape[-1]
-        if v.shape[-1] != d or (self.head_dims is not None and d not in self.head_dims):
+        if v.shape[-1] != d or (head_dims is not None and d not in head_dims):
             return f"head dim {d}/{v.shape[-1]} not supported"
         if q.shape[1] % k.shape[1] if q.dim() == 4 else False:
             return "query heads not a multiple of key heads"

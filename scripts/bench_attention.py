@@ -188,8 +188,8 @@ def check(fa, name, results):
         for i in range(b):
             n = int(seqlens[i]) + sq
             idx = torch.arange(n, device=dev)
-            rows, slots = bt[i].long()[idx // page], idx % page
-            kk, vv = kc0[rows, slots].clone(), vc0[rows, slots].clone()
+            pages, slots = bt[i].long()[idx // page], idx % page
+            kk, vv = kc0[pages, slots].clone(), vc0[pages, slots].clone()
             kk[-sq:], vv[-sq:] = kn[i], vn[i]
             ro, _ = ref_attention(qn[i:i + 1], kk[None], vv[None], True, window)
             err = max(err, rel(out[i:i + 1], ro))
@@ -414,7 +414,7 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--skip-e2e", action="store_true")
-    ap.add_argument("--seqs", default="1024,2048,4096,8192,16384")
+    ap.add_argument("--seqs", default="1024,2048,4096,8192,16384", help="comma list; empty: window case only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     import triton
@@ -430,7 +430,7 @@ def main():
         path.write_text(json.dumps(results, indent=1, default=str))
 
     for step, fn in (("check", lambda: [check(fa, n, results) for n, fa in fas.items()]),
-                     ("bench", lambda: bench(fas, results, [int(s) for s in args.seqs.split(",")])),
+                     ("bench", lambda: bench(fas, results, [int(s) for s in args.seqs.split(",") if s])),
                      ("e2e", lambda: e2e(fas, results))):
         if getattr(args, f"skip_{step}"):
             continue

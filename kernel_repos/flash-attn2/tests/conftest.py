@@ -4,6 +4,14 @@ from pathlib import Path
 
 import pytest
 
+# The Triton kernels run on CPU tensors through Triton's interpreter in CI (no GPU). The kernel modules are
+# imported lazily, on the first Triton call, so setting this before any test runs is early enough.
+if "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu_ext  # noqa: E402
 

@@ -267,34 +267,36 @@ def bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU_Q, CU_K,
 _KEY = ["HEAD_DIM", "VARLEN", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "seq_bucket"]
 
 
-def _configs(kind: str):
+def _configs(kind: str, big_d: bool):
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=1)]
+    if big_d:  # head dim 256: small tiles, single-buffered
+        configs = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=1),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
+        if kind == "dq":
+            configs.reverse()
+    elif kind == "dkdv":  # the key block stays resident; query blocks stream through
+        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+                   triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
+    else:
+        configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+                   triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+                   triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
     if os.environ.get("FLASH_ATTN_TRITON_AUTOTUNE", "1") == "0":
-        if kind == "dkdv":
-            return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2)]
-        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2)]
-    if kind == "dkdv":  # the key block stays resident; query blocks stream through
-        return [triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-                triton.Config({"BLOCK_M": 64, "BLOCK_N": 128}, num_warps=8, num_stages=3),
-                triton.Config({"BLOCK_M": 32, "BLOCK_N": 128}, num_warps=4, num_stages=3),
-                triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
-    return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-            triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3)]
+        return configs[:1]
+    return configs
 
 
-def _prune(configs, named_args, **kwargs):
-    d = named_args.get("HEAD_DIM_P", kwargs.get("HEAD_DIM_P", 128))
-    if d < 256 or INTERPRET:
-        return configs
-    out = [triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=8, num_stages=1),
-           triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
-    return out[:1] if len(configs) == 1 else out
+_tuned = {}
 
 
-dkdv_kernel = triton.autotune(configs=_configs("dkdv"), key=_KEY,
-                              prune_configs_by={"early_config_prune": _prune})(bwd_dkdv_kernel)
-dq_kernel = triton.autotune(configs=_configs("dq"), key=_KEY,
-                            prune_configs_by={"early_config_prune": _prune})(bwd_dq_kernel)
+def tuned(kind: str, head_dim: int):
+    """Autotuned dK/dV ("dkdv") or dQ ("dq") kernel for head dims up to 128, or 256."""
+    key = (kind, head_dim > 128)
+    if key not in _tuned:
+        fn = bwd_dkdv_kernel if kind == "dkdv" else bwd_dq_kernel
+        _tuned[key] = triton.autotune(configs=_configs(*key), key=_KEY)(fn)
+    return _tuned[key]

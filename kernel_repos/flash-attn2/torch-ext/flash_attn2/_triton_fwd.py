@@ -210,50 +210,45 @@ def attn_fwd_kernel(
     tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
 
 
-def _configs(hopper: bool):
+def _configs(hopper: bool, big_d: bool):
     if INTERPRET:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    if big_d:  # head dim 256: a 128x256 Q tile plus K/V stages overflows shared memory
+        configs = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+                   triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
+                   triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
+    else:
+        configs = [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+                   triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+                   triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2)]
+        if hopper:
+            configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3))
     if os.environ.get("FLASH_ATTN_TRITON_AUTOTUNE", "1") == "0":
-        return [triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3)]
-    configs = [
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=2),
-    ]
-    if hopper:
-        configs.append(triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3))
+        return configs[:1]
     return configs
 
 
 def _prune(configs, named_args, **kwargs):
-    """Head dim 256 gets its own small tiles (a 128x256 Q tile plus K/V stages overflow shared memory); short
-    queries (decode, short prefill) get 64-row tiles."""
-    d = named_args.get("HEAD_DIM_P", kwargs.get("HEAD_DIM_P", 128))
-    sq = named_args["seqlen_q_max"]
-    if INTERPRET:
+    """Short queries (decode, short prefill) get 64-row tiles (runs only when there is more than one config)."""
+    if INTERPRET or named_args["seqlen_q_max"] > 64:
         return configs
-    if d >= 256:
-        out = [triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-               triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=2),
-               triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=1)]
-        return out[:1] if len(configs) == 1 else out
-    if sq <= 64:
-        out = []
-        for c in configs:
-            c = triton.Config({"BLOCK_M": 64, "BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=4, num_stages=c.num_stages)
-            if all(c.kwargs != o.kwargs or c.num_stages != o.num_stages for o in out):
-                out.append(c)
-        return out
-    return configs
+    out = []
+    for c in configs:
+        c = triton.Config({"BLOCK_M": 64, "BLOCK_N": c.kwargs["BLOCK_N"]}, num_warps=4, num_stages=c.num_stages)
+        if all(c.kwargs != o.kwargs or c.num_stages != o.num_stages for o in out):
+            out.append(c)
+    return out
 
 
 _KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "seq_bucket"]
 _tuned = {}
 
 
-def tuned_kernel(hopper: bool):
-    """The autotuned forward kernel (one tuner per tile family; keyed by the flags and a log2 length bucket)."""
-    if hopper not in _tuned:
-        _tuned[hopper] = triton.autotune(configs=_configs(hopper), key=_KEY,
-                                         prune_configs_by={"early_config_prune": _prune})(attn_fwd_kernel)
-    return _tuned[hopper]
+def tuned_kernel(hopper: bool, head_dim: int):
+    """The autotuned forward kernel for a tile family (Hopper or not, head dim 256 or smaller); the tuning key is
+    the flags and a log2 length bucket."""
+    key = (hopper, head_dim > 128)
+    if key not in _tuned:
+        _tuned[key] = triton.autotune(configs=_configs(*key), key=_KEY,
+                                      prune_configs_by={"early_config_prune": _prune})(attn_fwd_kernel)
+    return _tuned[key]

@@ -83,7 +83,7 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
         _ensure_allocator()
     dummy = cu_q if varlen else lse  # never read when its flag is off
     page = k.shape[1] if paged else 1
-    kernel = fwd.tuned_kernel(hopper_tiles)
+    kernel = fwd.tuned_kernel(hopper_tiles, d)
     softcap = float(softcap)
 
     def grid(meta):
@@ -144,11 +144,11 @@ def backward(dout, q, k, v, out, lse, *, scale, causal, window, softcap, cu_q=No
     qk_scale = (softcap and scale / softcap) or scale * fwd.LOG2E
     flags = dict(VARLEN=varlen, HAS_LEFT=has_left, HAS_RIGHT=has_right, SOFTCAP=softcap > 0, HEAD_DIM=d,
                  HEAD_DIM_P=hdp)
-    bwd.dkdv_kernel[lambda m: (triton.cdiv(sk_, m["BLOCK_N"]), batch * hk)](
+    bwd.tuned("dkdv", d)[lambda m: (triton.cdiv(sk_, m["BLOCK_N"]), batch * hk)](
         q, k, v, dout, lse, delta, dk, dv, dummy if not varlen else cu_q, dummy if not varlen else cu_k,
         *st(q), *st(k), *st(v), *st(dout), *st(dk), *st(dv), *ls,
         sq_, sk_, hk, hq // hk, scale, qk_scale, softcap, left, right, _bucket(sk_), **flags)
-    bwd.dq_kernel[lambda m: (triton.cdiv(sq_, m["BLOCK_M"]), batch * hq)](
+    bwd.tuned("dq", d)[lambda m: (triton.cdiv(sq_, m["BLOCK_M"]), batch * hq)](
         q, k, v, dout, lse, delta, dq, dummy if not varlen else cu_q, dummy if not varlen else cu_k,
         *st(q), *st(k), *st(v), *st(dout), *st(dq), *ls,
         sq_, sk_, hq, hq // hk, scale, qk_scale, softcap, left, right, _bucket(sk_), **flags)
