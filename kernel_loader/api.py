@@ -238,6 +238,8 @@ def _same_build(a: Path, b: Path) -> bool:
 
 
 def clear_cache() -> None:
-    """Forget loaded kernels (for tests and after changing HF_ENDPOINT); modules stay imported."""
+    """Forget loaded kernels and which per-call fallback warnings were shown (for tests and after changing
+    HF_ENDPOINT); modules stay imported."""
     with _lock:
         _loaded.clear()
+        adapters._warned.clear()
