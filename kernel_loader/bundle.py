@@ -248,7 +248,8 @@ def _install(lock: LockFile, trust: dict, expected: dict, blobs: dict[str, str])
         with repo_lock(entry.repo_id):
             for name in sorted(entry.variants):
                 base = f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/"
-                members = sorted((m for m in expected if m.startswith(base)), key=lambda m: m.endswith("/metadata.json"))
+                members = sorted((m for m in expected if m.startswith(base)),
+                                 key=lambda m: m.endswith("/metadata.json"))
                 for member in members:  # metadata.json last: it is what marks the variant as present
                     rel = expected[member][3]
                     link = root / "snapshots" / entry.commit / "build" / name / rel

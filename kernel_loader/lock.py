@@ -299,8 +299,9 @@ def download_locked(lock: LockFile, *, all_variants: bool = False, trust=None) -
         with repo_lock(entry.repo_id):
             if all_variants:
                 if not entry.variants:
-                    raise ValueError(f"{lock.path or 'the lock'} has no digests file ({digests_path(lock.path or Path('kernels.lock'))}), "
-                                     "so its variants are unknown; write one with `kernel-loader lock`")
+                    where = lock.path or Path("kernels.lock")
+                    raise ValueError(f"{where} has no digests file ({digests_path(where)}), so its variants are "
+                                     "unknown; write one with `kernel-loader lock`")
                 names = sorted(entry.variants)
             else:
                 res = resolve(spec, detect(), offline=offline)
