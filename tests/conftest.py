@@ -68,6 +68,10 @@ os.environ.update(_ENV)
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
              "HUGGINGFACE_HUB_CACHE", "LOCAL_KERNELS"):
     os.environ.pop(_var, None)
+# Triton kernels are checked on CPU tensors through Triton's interpreter where there is no GPU. It must be on before
+# anything imports triton (triton's own @jit library functions are fixed at import), so it is set here, first.
+if "TRITON_INTERPRET" not in os.environ and not os.path.exists("/dev/nvidia0"):
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 def _sync_constants(endpoint: str = HUB_ENDPOINT) -> None:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-# The Triton kernels run on CPU tensors through Triton's interpreter in CI (no GPU). The kernel modules are
-# imported lazily, on the first Triton call, so setting this before any test runs is early enough.
+# The Triton kernels run on CPU tensors through Triton's interpreter in CI (no GPU); it must be on before triton
+# is imported (the repo's tests/conftest.py sets it first when run from the root; this covers running this folder).
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 

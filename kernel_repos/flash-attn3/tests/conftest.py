@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-# Triton's interpreter runs the kernels on CPU tensors in CI; the kernel modules are imported on first use.
+# Triton's interpreter runs the kernels on CPU tensors in CI; it must be on before triton is imported.
 if "TRITON_INTERPRET" not in os.environ:
     import torch
 
