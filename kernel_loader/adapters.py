@@ -49,6 +49,22 @@ def sdpa_attention(module, query, key, value, attention_mask, **kwargs):
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
+def flash_visibility(sq: int, sk: int, *, causal: bool, window: tuple[int, int] = (-1, -1),
+                     device=None) -> torch.Tensor:
+    """(sq, sk) bool: which keys each query sees under flash-attn rules (bottom-right aligned causal and window;
+    -1 = unbounded side)."""
+    i = torch.arange(sq, device=device)[:, None] + (sk - sq)
+    j = torch.arange(sk, device=device)[None, :]
+    allowed = torch.ones(sq, sk, dtype=torch.bool, device=device)
+    if causal:
+        allowed &= j <= i
+    if window[0] >= 0:
+        allowed &= j >= i - window[0]
+    if window[1] >= 0:
+        allowed &= j <= i + window[1]
+    return allowed
+
+
 def masked_attention(q, k, v, *, scale: float, causal: bool, window: tuple[int, int] = (-1, -1),
                      softcap: float = 0.0, key_padding: torch.Tensor | None = None) -> torch.Tensor:
     """Flash-attn semantics on top of SDPA (or eager math when softcap is set), (B, H, S, D) layout.
@@ -56,17 +72,7 @@ def masked_attention(q, k, v, *, scale: float, causal: bool, window: tuple[int, 
     Causal and windows are aligned bottom-right (query i sees key j <= i + Sk - Sq), ``key_padding`` is a (B, Sk)
     mask of real tokens; rows that see no key give 0, as the flash kernels do.
     """
-    sq, sk = q.shape[-2], k.shape[-2]
-    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    j = torch.arange(sk, device=q.device)[None, :]
-    allowed = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if causal:
-        allowed &= j <= i
-    if window[0] >= 0:
-        allowed &= j >= i - window[0]
-    if window[1] >= 0:
-        allowed &= j <= i + window[1]
-    allowed = allowed[None, None]
+    allowed = flash_visibility(q.shape[-2], k.shape[-2], causal=causal, window=window, device=q.device)[None, None]
     if key_padding is not None:
         allowed = allowed & key_padding.bool()[:, None, None, :]
     empty = ~allowed.any(-1, keepdim=True)

@@ -100,16 +100,9 @@ def attention_reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, 
     s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
     if softcap:
         s = softcap * torch.tanh(s / softcap)
-    i = torch.arange(sq)[:, None] + (sk - sq)
-    j = torch.arange(sk)[None, :]
-    allowed = torch.ones(sq, sk, dtype=torch.bool)
-    if causal:
-        allowed &= j <= i
-    if window[0] >= 0:
-        allowed &= j >= i - window[0]
-    if window[1] >= 0:
-        allowed &= j <= i + window[1]
-    s = s.masked_fill(~allowed, float("-inf"))
+    from .adapters import flash_visibility
+
+    s = s.masked_fill(~flash_visibility(sq, sk, causal=causal, window=window), float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)
     return torch.einsum("bhqk,bkhd->bqhd", p, v)
 
