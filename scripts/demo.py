@@ -27,6 +27,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--work", type=Path, default=ROOT / ".demo", help="Hub root and cache live here")
     ap.add_argument("--keep-cache", action="store_true", help="reuse the download cache (default: start cold)")
+    ap.add_argument("--keep-hub", action="store_true",
+                    help="publish on top of the previous demo Hub (default: a fresh one, so a kernel whose API "
+                         "changed since the last demo is not refused as an unversioned API change)")
     args = ap.parse_args()
 
     step("1/4 build kernel_repos/flash-attn2 for this machine")
@@ -35,6 +38,8 @@ def main() -> int:
     print(f"built {built.variant} in {time.perf_counter() - t:.1f}s -> {built.path}")
 
     step(f"2/4 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")
+    if not args.keep_hub:
+        shutil.rmtree(args.work / "hub", ignore_errors=True)
     # allow_dirty: the demo publishes whatever the checkout holds (the CLI refuses that without --allow-dirty).
     result = publish_local(ROOT / "kernel_repos" / "flash-attn2", REPO, args.work / "hub", 1, allow_dirty=True)
     print(f"{result.branch} -> {result.commit[:12]} ({'new commit' if result.changed else 'unchanged'}); "
