@@ -384,3 +384,26 @@ def test_tf523_enabled_routes_through_kernel_loader(tf523_path, flash_repo):
     assert result["fallback"] is None and result["variant"], result
     assert result["max_abs_diff"] < 1e-4, result
     assert any("varlen" in op for op in result["kernel_ops"]), result
+
+
+@pytest.mark.slow
+def test_fallback_chain_registered_under_a_name(missing_kernel_env, flash_repo, saved_model):
+    """transformers only accepts one 'org/name' per attn_implementation string, so a chain is registered under a
+    name of the user's choosing (kernel_loader.registry) and that name is given to from_pretrained."""
+    from kernel_loader import registry
+
+    chain = f"{missing_kernel_env},{flash_repo}"
+    trust = f"{missing_kernel_env.split('/')[0]},{flash_repo.split('/')[0]}"
+    loaded = registry.load_and_register(chain, name="fa-chain", trust=trust)
+    assert loaded.repo_id == flash_repo and loaded.fallback is None  # the second link loaded
+    assert ALL_ATTENTION_FUNCTIONS["fa-chain"] is loaded.attention
+    assert ALL_MASK_ATTENTION_FUNCTIONS["fa-chain"] is flash_attention_mask
+    model = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="fa-chain").eval()
+    ref = LlamaForCausalLM.from_pretrained(saved_model, attn_implementation="sdpa").eval()
+    ids, mask = batch(left_pad=True)
+    with torch.no_grad():
+        ops = kernel_ops(loaded, lambda: model(ids, attention_mask=mask))
+        got, want = model(ids, attention_mask=mask).logits, ref(ids, attention_mask=mask).logits
+    assert any("varlen" in op for op in ops), ops
+    keep = mask.bool()
+    torch.testing.assert_close(got[keep], want[keep], **TOL[torch.float32])
