@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from types import ModuleType
 from typing import Callable
 
@@ -233,15 +234,35 @@ def _packed_from_position_ids(query, key, kwargs) -> None:
     pos = kwargs.get("position_ids")
     if pos is None or query.shape[0] != 1 or query.shape[2] == 1 or query.shape[2] != key.shape[2]:
         return
-    pos = pos.reshape(-1)
     if pos.numel() != query.shape[2]:
         return
-    starts = (pos == pos.min()).nonzero().view(-1)
-    if starts.numel() <= 1:
-        return
-    cu = torch.cat([starts.to(torch.int32), torch.tensor([pos.numel()], dtype=torch.int32, device=pos.device)])
-    kwargs["cu_seq_lens_q"] = kwargs["cu_seq_lens_k"] = cu
-    kwargs["max_length_q"] = kwargs["max_length_k"] = int(cu.diff().max())
+    packing = _packing(pos)
+    if packing is not None:
+        kwargs["cu_seq_lens_q"] = kwargs["cu_seq_lens_k"] = packing[0]
+        kwargs["max_length_q"] = kwargs["max_length_k"] = packing[1]
+
+
+_packing_memo: list = [None, -1, None]  # (weakref to position_ids, its version, what _packing found)
+
+
+def _packing(pos: torch.Tensor):
+    """(cu_seqlens, max length) of the sequences packed in ``pos`` (ids restarting at each one), or None for one
+    sequence. Finding out syncs with the device, and every layer of a forward passes the same position_ids
+    tensor: the answer is remembered for that tensor while it is unmodified, one sync per forward, not per layer."""
+    # Inference tensors have no version counter (in-place changes cannot be seen): no memo for them.
+    version = None if pos.is_inference() else pos._version
+    ref, memo_version, found = _packing_memo
+    if version is not None and ref is not None and ref() is pos and memo_version == version:
+        return found
+    flat = pos.reshape(-1)
+    starts = (flat == flat.min()).nonzero().view(-1)
+    found = None
+    if starts.numel() > 1:
+        cu = torch.cat([starts.to(torch.int32), torch.tensor([flat.numel()], dtype=torch.int32, device=pos.device)])
+        found = (cu, int(cu.diff().max()))
+    if version is not None:
+        _packing_memo[:] = [weakref.ref(pos), version, found]
+    return found
 
 
 def _cu(lengths: torch.Tensor) -> torch.Tensor:

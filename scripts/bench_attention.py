@@ -83,6 +83,8 @@ def rel(a, b):
 
 def poison():
     """Fill free allocator memory with NaN so outputs that are not written show up."""
+    if not torch.cuda.is_available():
+        return
     free = torch.cuda.mem_get_info()[0]
     n = int(min(free * 0.5, 8 << 30)) // 4
     torch.full((n,), float("nan"), device="cuda").view(-1)
@@ -91,9 +93,24 @@ def poison():
 
 # ----------------------------------------------------------------------------------------------- check
 
-def check(fa, name, results):
-    dev = "cuda"
+def check(fa, name, results, dev="cuda", parts=("dense", "varlen", "kvcache")):
+    """``dev="cpu"``: a dry run of this script through Triton's interpreter (TRITON_INTERPRET=1,
+    FLASH_ATTN2_CPU_IMPL=triton), bf16 swapped for fp16 (the interpreter mishandles bf16 dots)."""
     torch.manual_seed(1234)
+    if dev == "cpu":
+        real_randn = torch.randn
+
+        def randn(*a, dtype=None, device=None, **kw):  # noqa: the interpreter cannot do bf16 dots
+            return real_randn(*a, dtype=torch.float16 if dtype == torch.bfloat16 else dtype, device=device, **kw)
+        torch.randn = randn
+    try:
+        _check(fa, name, results, dev, parts)
+    finally:
+        if dev == "cpu":
+            torch.randn = real_randn
+
+
+def _check(fa, name, results, dev, parts):
     rows = []
 
     def record(case, **errs):
@@ -112,7 +129,7 @@ def check(fa, name, results):
         (1, 640, 640, 2, 2, 256, True, (128, -1), 30.0, torch.bfloat16),
         (2, 257, 257, 4, 4, 128, False, (-1, -1), 20.0, torch.float16),
     ]
-    for b, sq, sk, hq, hk, d, causal, window, softcap, dt in dense_cases:
+    for b, sq, sk, hq, hk, d, causal, window, softcap, dt in (dense_cases if "dense" in parts else []):
         q = torch.randn(b, sq, hq, d, device=dev, dtype=dt, requires_grad=True)
         k = torch.randn(b, sk, hk, d, device=dev, dtype=dt, requires_grad=True)
         v = torch.randn(b, sk, hk, d, device=dev, dtype=dt, requires_grad=True)
@@ -137,7 +154,7 @@ def check(fa, name, results):
                dv=rel(dv, rv), nan=float("nan") if nan else 0.0)
 
     # varlen, random cu_seqlens, trailing packed rows
-    for causal, window in ((True, (-1, -1)), (False, (64, 64))):
+    for causal, window in ((True, (-1, -1)), (False, (64, 64))) if "varlen" in parts else ():
         lens_q = torch.randint(1, 400, (5,)).tolist()
         lens_k = [lq if causal else int(torch.randint(1, 400, ())) for lq in lens_q]
         cu_q = torch.tensor([0] + list(torch.tensor(lens_q).cumsum(0)), dtype=torch.int32, device=dev)
@@ -164,36 +181,41 @@ def check(fa, name, results):
         record(f"varlen lens={lens_q} c{int(causal)} w{window}", **errs, tail=tail,
                nan=float("nan") if any(bool(t.isnan().any()) for t in (out, dq, dk, dv)) else 0.0)
 
-    # paged kv cache, random block table, append
-    b, sq, hq, hk, d, page = 4, 3, 16, 4, 128, 64
-    npages = 64
-    kc = torch.randn(npages, page, hk, d, device=dev, dtype=torch.bfloat16)
-    vc = torch.randn_like(kc)
-    bt = torch.randperm(npages, device=dev)[: b * 8].view(b, 8).to(torch.int32)
-    seqlens = torch.randint(0, 8 * page - sq, (b,), device=dev, dtype=torch.int32)
-    qn = torch.randn(b, sq, hq, d, device=dev, dtype=torch.bfloat16)
-    kn, vn = torch.randn(b, sq, hk, d, device=dev, dtype=torch.bfloat16), torch.randn(b, sq, hk, d, device=dev,
-                                                                                       dtype=torch.bfloat16)
-    kc0, vc0 = kc.clone(), vc.clone()
-    for window in ((-1, -1), (100, 0)):
-        kc.copy_(kc0)
-        vc.copy_(vc0)
+    # kv cache with append: paged (random block table; pages shared by no one, tokens left in the last page) and
+    # contiguous; prefill-chunk (3 new tokens) and decode (1); the cache must hold the appended tokens afterwards.
+    hq, hk, d, page = 16, 4, 128, 64
+    for paged, b, sq, window in ((True, 4, 3, (-1, -1)), (True, 4, 3, (100, 0)), (True, 5, 1, (-1, -1)),
+                                 (False, 3, 3, (-1, -1)), (False, 3, 1, (50, 0))) if "kvcache" in parts else ():
+        if paged:
+            npages = 64
+            kc = torch.randn(npages, page, hk, d, device=dev, dtype=torch.bfloat16)
+            bt = torch.randperm(npages, device=dev)[: b * 8].view(b, 8).to(torch.int32)
+        else:
+            kc, bt = torch.randn(b, 8 * page, hk, d, device=dev, dtype=torch.bfloat16), None
+        vc = torch.randn_like(kc)
+        seqlens = torch.randint(0, 8 * page - sq, (b,), device=dev, dtype=torch.int32)
+        qn = torch.randn(b, sq, hq, d, device=dev, dtype=torch.bfloat16)
+        kn = torch.randn(b, sq, hk, d, device=dev, dtype=torch.bfloat16)
+        vn = torch.randn(b, sq, hk, d, device=dev, dtype=torch.bfloat16)
+        kc0, vc0 = kc.clone(), vc.clone()
         poison()
         kw = dict(cache_seqlens=seqlens, causal=True, window_size=window, return_softmax_lse=True)
-        if name == "fa3":
-            out, lse = fa.flash_attn_with_kvcache(qn, kc, vc, kn, vn, page_table=bt, **kw)
-        else:
-            out, lse = fa.flash_attn_with_kvcache(qn, kc, vc, kn, vn, block_table=bt, **kw)
-        err = 0.0
+        if paged:
+            kw["page_table" if name == "fa3" else "block_table"] = bt
+        out, lse = fa.flash_attn_with_kvcache(qn, kc, vc, kn, vn, **kw)
+        err, lse_err, appended = 0.0, 0.0, True
         for i in range(b):
             n = int(seqlens[i]) + sq
             idx = torch.arange(n, device=dev)
-            pages, slots = bt[i].long()[idx // page], idx % page
-            kk, vv = kc0[pages, slots].clone(), vc0[pages, slots].clone()
+            at, slots = (bt[i].long()[idx // page], idx % page) if paged else (torch.full_like(idx, i), idx)
+            kk, vv = kc0[at, slots].clone(), vc0[at, slots].clone()
             kk[-sq:], vv[-sq:] = kn[i], vn[i]
-            ro, _ = ref_attention(qn[i:i + 1], kk[None], vv[None], True, window)
+            appended &= bool(torch.equal(kc[at, slots], kk) and torch.equal(vc[at, slots], vv))
+            ro, rl = ref_attention(qn[i:i + 1], kk[None], vv[None], True, window)
             err = max(err, rel(out[i:i + 1], ro))
-        record(f"kvcache paged seqlens={seqlens.tolist()} w{window}", out=err,
+            lse_err = max(lse_err, float((lse[i:i + 1].double() - rl).abs().max()))
+        record(f"kvcache {'paged' if paged else 'contig'} b{b} new{sq} seqlens={seqlens.tolist()} w{window}",
+               out=err, lse_abs=lse_err, appended=0.0 if appended else float("nan"),
                nan=float("nan") if bool(out.isnan().any()) else 0.0)
 
 

@@ -181,3 +181,25 @@ def test_packed_sequences_from_position_ids(fa2):
                                v[:, :, sl].transpose(1, 2), causal=True)
         torch.testing.assert_close(out[:, sl].double(), ref, atol=2e-5, rtol=2e-5)
         start += n
+
+
+def test_packing_found_once_per_position_ids_tensor(fa2):
+    """Every layer passes the same position_ids: the restarts are found once (one device sync per forward), and an
+    in-place change to the tensor is seen on the next call (the memo keys on the tensor and its version)."""
+    from kernel_loader import adapters
+
+    hq, d = 2, 32
+    pos = torch.cat([torch.arange(6), torch.arange(10)])[None]
+    q, k, v = rand(1, hq, 16, d), rand(1, hq, 16, d), rand(1, hq, 16, d)
+    module = torch.nn.Module()
+    module.is_causal = True
+    first = adapters._packing(pos)
+    assert first[0].tolist() == [0, 6, 16] and first[1] == 10
+    assert adapters._packing(pos) is first  # remembered: no second search
+    out_packed, _ = fa2.attention(module, q, k, v, None, position_ids=pos)
+    pos.copy_(torch.arange(16)[None])  # now one sequence: the memo must notice
+    assert adapters._packing(pos) is None
+    out_one, _ = fa2.attention(module, q, k, v, None, position_ids=pos)
+    ref, _ = attention_ref(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    torch.testing.assert_close(out_one.double(), ref, atol=2e-5, rtol=2e-5)
+    assert not torch.allclose(out_packed[:, 6:], out_one[:, 6:])  # the packed call did split the sequences

@@ -99,6 +99,29 @@ def test_varlen_random_cu_seqlens(fa):
     assert (out[tail] == 0).all() and (lse[:, tail] == float("-inf")).all() and (dq[tail] == 0).all()
 
 
+@pytest.mark.parametrize("options", [dict(raw_max=False, lazy_rescale=False), dict(raw_max=True, lazy_rescale=False),
+                                     dict(raw_max=True, lazy_rescale=True)], ids=["plain", "raw_max", "lazy"])
+@pytest.mark.parametrize("scale", [None, -0.2], ids=["scale+", "scale-"])
+def test_forward_options_exact_with_growing_row_max(fa, monkeypatch, options, scale):
+    """The forward's softmax variants (``_triton_fwd.OPTIONS``) on scores whose row max grows across key blocks by
+    more than 8 (base 2) and by less: both branches of the lazy rescale run. A negative scale takes the plain form."""
+    import importlib
+    monkeypatch.setattr(importlib.import_module(fa.__name__ + "._triton_fwd"), "OPTIONS", options)
+    torch.manual_seed(5)
+    sq, sk = 70, 90
+    q = torch.randn(1, sq, 2, 32) * 2
+    k = torch.randn(1, sk, 2, 32) * torch.linspace(0.2, 3.0, sk)[None, :, None, None]  # later keys score higher
+    v = torch.randn(1, sk, 2, 32)
+    for dt in (torch.float32, torch.float16):
+        for causal, window in ((False, (-1, -1)), (True, (25, -1))):
+            args = [t.to(dt) for t in (q, k, v)]
+            out, lse = fa.flash_attn_func(*args, softmax_scale=scale, causal=causal, window_size=window,
+                                          return_softmax_lse=True)
+            ref, ref_lse = attention_ref(*args, causal=causal, window=window, scale=scale)
+            assert not out.isnan().any() and rel(out, ref) < TOL[dt], (dt, causal)
+            torch.testing.assert_close(lse.double(), ref_lse, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("paged", [False, True], ids=["contiguous", "paged"])
 def test_kvcache_append_and_attend(fa, paged):
     torch.manual_seed(11)

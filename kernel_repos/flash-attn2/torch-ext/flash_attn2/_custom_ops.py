@@ -34,10 +34,17 @@ def triton_launch():
         return None
 
 
+_triton_found: Optional[bool] = None
+
+
 def triton_available() -> bool:
-    """Triton is installed (found, not imported: importing it is deferred to the first CUDA call)."""
-    import importlib.util
-    return _triton_error is None and importlib.util.find_spec("triton") is not None
+    """Triton is installed (found, not imported: importing it is deferred to the first CUDA call). The search
+    runs once: it walks sys.path, too slow for every call."""
+    global _triton_found
+    if _triton_found is None:
+        import importlib.util
+        _triton_found = importlib.util.find_spec("triton") is not None
+    return _triton_error is None and _triton_found
 
 
 def has_kernel(ops, name: str, key: str) -> bool:
