@@ -10,11 +10,17 @@
 - ``paged_attention_flash`` and ``paged_attention_varlen``: decode and multi-token (prefill chunk) attention on
   flash-layout caches [num_blocks, block_size, num_kv_heads, head_size], used by transformers' continuous batching.
 
-CUDA: Triton kernels (GQA-grouped, split-K). CPU: torch ops. Every call validates its arguments on the host
-(block tables, slots, lengths, dtypes, shapes) and raises ``ValueError`` naming the bad one.
+CUDA: Triton kernels (GQA-grouped, split-K). CPU: torch ops. Every call checks dtypes and shapes and raises
+``ValueError`` naming the bad one. Index values (block tables, lengths, slots): ``set_validation("device")``
+(default: the CUDA decode kernel checks them without a host sync, never reads outside the cache, and the error is
+raised by the next call or ``check_errors()``), ``"host"`` (checked before launch, one sync per call) or ``"off"``.
 """
 
-from ._validate import BLOCK_SIZES, KV_CACHE_DTYPES, PARTITION_SIZE, set_validation, validation_enabled
+from ._device_check import check_errors
+from ._validate import (
+    BLOCK_SIZES, KV_CACHE_DTYPES, PARTITION_SIZE, VALIDATION_MODES, set_validation, validation_enabled,
+    validation_mode,
+)
 from .ops import (
     backend_for, copy_blocks, paged_attention_flash, paged_attention_v1, paged_attention_v2,
     paged_attention_varlen, reshape_and_cache, reshape_and_cache_flash, swap_blocks,
@@ -30,7 +36,9 @@ SUPPORTED = {
 __all__ = [
     "PARTITION_SIZE",
     "SUPPORTED",
+    "VALIDATION_MODES",
     "backend_for",
+    "check_errors",
     "copy_blocks",
     "paged_attention_flash",
     "paged_attention_v1",
@@ -41,4 +49,5 @@ __all__ = [
     "set_validation",
     "swap_blocks",
     "validation_enabled",
+    "validation_mode",
 ]

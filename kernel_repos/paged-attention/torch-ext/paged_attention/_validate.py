@@ -1,9 +1,17 @@
 """Host-side checks, run before anything is launched: a bad block table, slot or length is an error naming the
 argument and what is valid, never an out-of-bounds read or write inside a kernel.
 
-Index checks read the index tensors (block tables, seq_lens, slot mappings) once; for CUDA tensors that is one
-small device->host copy per call. ``set_validation(False)`` (or ``PAGED_ATTENTION_VALIDATE=0``) skips the
-index-value checks (shapes and dtypes are always checked) for callers whose indices are correct by construction.
+Index checks (block tables, seq_lens, slot mappings) have three modes, ``set_validation(mode)`` or
+``PAGED_ATTENTION_VALIDATE``:
+
+- ``"device"`` (default): the CUDA decode kernel checks its own indices (``_device_check``): no host sync, nothing
+  outside the cache is read, an offending sequence's output is NaN and the error is raised by the next decode call
+  on that device or by ``check_errors()``. CPU tensors and the varlen path (which reads lengths on the host anyway)
+  are checked on the host, before anything runs; so are slot mappings (cache writes are torch index ops).
+- ``"host"``: every call reads the index tensors on the host and raises before launching (on CUDA: one small
+  device->host copy, i.e. a sync, per call).
+- ``"off"``: no index-value checks (shapes and dtypes are always checked) for callers whose indices are correct by
+  construction; a bad index is then an out-of-bounds read.
 """
 
 from __future__ import annotations
@@ -21,17 +29,42 @@ BLOCK_SIZES = (8, 16, 32)
 HEAD_SIZE_RANGE = (64, 256)  # multiples of 16 in this range; the torch path also takes 32..256 multiples of 8
 PARTITION_SIZE = 512  # paged_attention_v2's context split (vLLM's _PARTITION_SIZE; sizes exp_sums/tmp_out)
 
-_validate = os.environ.get("PAGED_ATTENTION_VALIDATE", "1") not in ("0", "false", "no")
+VALIDATION_MODES = ("device", "host", "off")
 
 
-def set_validation(enabled: bool) -> None:
-    """Turn the index-value checks on or off for this process (shape and dtype checks always run)."""
-    global _validate
-    _validate = bool(enabled)
+def _mode_of(value) -> str:
+    """True/"1"/"on" -> "device" (the default), False/"0"/"off" -> "off", or a mode name."""
+    if isinstance(value, bool):
+        return "device" if value else "off"
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "on", ""):
+        return "device"
+    if v in ("0", "false", "no", "off"):
+        return "off"
+    if v not in VALIDATION_MODES:
+        raise ValueError(f"paged_attention: validation mode {value!r} is not valid; valid: "
+                         f"{', '.join(VALIDATION_MODES)} (or True/False)")
+    return v
+
+
+_mode = _mode_of(os.environ.get("PAGED_ATTENTION_VALIDATE", "device"))
+_validate = _mode != "off"  # host-side index checks run (CPU always, CUDA only in mode "host")
+
+
+def set_validation(mode) -> None:
+    """Index-value checks for this process: "device" (default; True), "host", or "off" (False). Shape and dtype
+    checks always run."""
+    global _mode, _validate
+    _mode = _mode_of(mode)
+    _validate = _mode != "off"
 
 
 def validation_enabled() -> bool:
-    return _validate
+    return _mode != "off"
+
+
+def validation_mode() -> str:
+    return _mode
 
 
 @dataclass(frozen=True)
@@ -146,7 +179,7 @@ def check_same_device(*named: tuple[str, torch.Tensor]) -> None:
 
 
 def check_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_seqs: int, geom: CacheGeometry,
-                 max_seq_len: int | None) -> None:
+                 max_seq_len: int | None, values: bool = True) -> None:
     """block_tables [num_seqs, max_blocks] int32, seq_lens [num_seqs] int32. Only the entries a sequence uses
     (the first ceil(seq_len / block_size)) must name existing blocks; the rest are padding and never read."""
     if block_tables.dim() != 2 or block_tables.shape[0] != num_seqs:
@@ -158,7 +191,7 @@ def check_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_seqs: i
         fail(f"seq_lens must be [num_seqs={num_seqs}], got shape {tuple(seq_lens.shape)}")
     if seq_lens.dtype not in (torch.int32, torch.int64):
         fail(f"seq_lens must be int32 (or int64), got {seq_lens.dtype}")
-    if not _validate or num_seqs == 0:
+    if not values or not _validate or num_seqs == 0:
         return
     # one device->host copy each, then numpy: torch CPU ops cost ~10 us apiece, this runs once per decode step
     lens = seq_lens.detach().to("cpu", torch.int64).numpy()

@@ -2,17 +2,20 @@
 decode and a varlen (prefill / multi-token) call used by transformers' continuous batching.
 
 Dispatch: CUDA tensors with float16/bfloat16 queries run the Triton kernels (``_triton_impl``); everything else
-runs the torch path (``_torch_impl``). Every call validates its arguments on the host first (``_validate``).
+runs the torch path (``_torch_impl``). Every call checks shapes and dtypes on the host; index values are checked
+on the device by the CUDA decode kernel (mode "device", the default), or on the host (``_validate``).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
 from . import _torch_impl
 from ._validate import (
     PARTITION_SIZE, check_kv_tokens, check_query, check_same_device, check_slots, check_tables, fail,
-    flash_geometry, scale_value, vllm_geometry,
+    flash_geometry, scale_value, validation_mode, vllm_geometry,
 )
 
 _BLOCKSPARSE_DEFAULTS = (0, 0, 64, 0)
@@ -22,7 +25,11 @@ _tuning: dict | None = None  # benchmark hook: {"tile", "num_warps", "num_stages
 
 def _use_triton(query: torch.Tensor) -> bool:
     global _triton_ok
-    if query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16):
+    if query.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    # CPU tensors take the Triton kernels only under Triton's interpreter, when asked (tests of the GPU code)
+    if query.device.type != "cuda" and not (query.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1"
+                                            and os.environ.get("PAGED_ATTENTION_CPU_IMPL") == "triton"):
         return False
     if _triton_ok is None:
         try:
@@ -57,14 +64,18 @@ def _decode(out, query, key_cache, value_cache, geom, num_kv_heads, scale, block
     check_query(query, out, geom, num_kv_heads)
     check_same_device(("query", query), ("key_cache", key_cache), ("block_tables", block_tables),
                       ("seq_lens", seq_lens), ("out", out))
-    check_tables(block_tables, seq_lens, query.shape[0], geom, max_seq_len)
+    triton_path = _use_triton(query)
+    on_device = triton_path and validation_mode() == "device"  # the kernel checks its indices: no host sync
+    check_tables(block_tables, seq_lens, query.shape[0], geom, max_seq_len, values=not on_device)
     _check_alibi(alibi_slopes, query.shape[1], query.device)
     ks, vs = scale_value(k_scale, "k_scale"), scale_value(v_scale, "v_scale")
-    if _use_triton(query):
-        from . import _triton_impl
+    if triton_path:
+        from . import _device_check, _triton_impl
 
+        if on_device:
+            _device_check.raise_pending(query.device)  # an earlier call's report (no sync)
         _triton_impl.decode(out, query, key_cache, value_cache, geom, float(scale), block_tables, seq_lens,
-                            max_seq_len, alibi_slopes, ks, vs, partition_size, partials, _tuning)
+                            max_seq_len, alibi_slopes, ks, vs, partition_size, partials, _tuning, check=on_device)
     else:
         _torch_impl.decode(out, query, key_cache, value_cache, geom, float(scale), block_tables, seq_lens,
                            max_seq_len, alibi_slopes, ks, vs, partition_size or PARTITION_SIZE, partials)
@@ -125,10 +136,15 @@ def paged_attention_flash(out: torch.Tensor, query: torch.Tensor, key_cache: tor
                           alibi_slopes: torch.Tensor | None = None, kv_cache_dtype: str = "auto", k_scale=1.0,
                           v_scale=1.0) -> None:
     """Decode against flash-layout caches [num_blocks, block_size, num_kv_heads, head_size] (the layout of
-    ``reshape_and_cache_flash`` and of transformers' paged cache). Any block size."""
+    ``reshape_and_cache_flash`` and of transformers' paged cache). Any block size. Without ``max_seq_len`` the
+    CUDA path (validation mode "device") plans for the block table's capacity instead of reading seq_lens (a sync);
+    pass it when known so the context split fits the real lengths."""
     geom = flash_geometry(key_cache, value_cache, kv_cache_dtype, query.dtype)
     if max_seq_len is None:
-        max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
+        if _use_triton(query) and validation_mode() == "device":  # no host sync: the table's capacity bounds it
+            max_seq_len = block_tables.shape[1] * geom.block_size if block_tables.dim() == 2 else 0
+        else:
+            max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
     _decode(out, query, key_cache, value_cache, geom, geom.num_kv_heads, scale, block_tables, seq_lens, max_seq_len,
             alibi_slopes, k_scale, v_scale, None, None)
 
