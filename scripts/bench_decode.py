@@ -3,12 +3,16 @@
 cache and FlexAttention with a paged block mask, against the device-to-device copy bandwidth measured in the same
 run; plus the sliding-window records (Triton prefill check and timing, ring-buffer decode memory over 100k tokens).
 
-    python scripts/bench_decode.py --out DIR [--quick] [--skip-sweep]
+    python scripts/bench_decode.py --out DIR [--quick] [--skip-sweep] [--parts correct,grid,...]
 
 Decode points: batch {1,16,64,256} x context {1k,4k,32k}, GQA 32/8, head dim 128, page 16, bf16. KV bytes/s counts
 the K and V bytes a decode step must read (batch * ctx * kv_heads * head_dim * 2 bytes * 2). Inputs smaller than
 256 MiB are rotated among several copies (disjoint block sets for the paged kernels) so L2 does not serve them.
-Writes DIR/results.json and prints a table.
+Each point is timed three ways (all methods alike): "call" (sync after every call: the host's launch cost counts,
+the figure of runs 1-2), "stream" (20 calls back to back: the host queues ahead) and "graph" (a CUDA graph of the
+rotating calls, replayed: GPU time only, as a serving loop with CUDA graphs sees it). Ours runs with index
+validation "device" (the default: checked inside the kernel, no host sync); the host/device/off cost is measured
+separately at the headline point. Writes DIR/results.json and prints a table (TB/s call/stream/graph).
 """
 
 from __future__ import annotations
@@ -41,7 +45,8 @@ TUNED: dict = {}  # layout -> kernel config chosen by the sweep (None: the packa
 
 
 def bench(fn, warmup=10, rep=40):
-    """Median time in ms (device events), after warm-up."""
+    """Median time in ms of one call, synchronizing after each (device events): the host's launch time counts, as
+    for a caller that waits on every step. The figure the earlier runs reported."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -55,6 +60,69 @@ def bench(fn, warmup=10, rep=40):
         times.append(a.elapsed_time(b))
     times.sort()
     return times[len(times) // 2]
+
+
+def bench_stream(fn, n=20, trials=5):
+    """ms per call for n back-to-back calls (no sync between): the host queues ahead of the GPU, so this is GPU time
+    when the host's per-call cost is below it, and the host's cost when it is not. Median over trials."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(trials):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(n):
+            fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / n)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def bench_graph(fn, calls, replays=None, trials=5):
+    """ms per call from a CUDA graph of ``calls`` consecutive calls (each on the next rotating input), replayed:
+    GPU time alone, launch gaps included, host cost excluded (how a serving loop with CUDA graphs runs decode)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    replays = replays or max(2, -(-20 // calls))
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(trials):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(replays):
+            g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / (replays * calls))
+    times.sort()
+    del g
+    return times[len(times) // 2]
+
+
+def timings(fn, calls, kv_bytes, copy_bw, modes=("call", "stream", "graph")):
+    """{mode: {ms, TBps, pct_copy} or {error}} for each timing mode."""
+    res = {}
+    for mode in modes:
+        try:
+            ms = bench(fn) if mode == "call" else bench_stream(fn) if mode == "stream" else bench_graph(fn, calls)
+            res[mode] = {"ms": ms, "TBps": kv_bytes / (ms * 1e-3) / 1e12,
+                         "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw}
+        except Exception as e:  # e.g. a host sync inside graph capture: recorded, the run goes on
+            res[mode] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
+            torch.cuda.synchronize()
+    return res
 
 
 def rel_err(out, ref):
@@ -79,7 +147,9 @@ def check_paged(results):
         ([129, 900], 32, 8, 128, 16, torch.bfloat16, "flash", True, False, "flash"),
         ([5000, 1, 64], 8, 1, 128, 32, torch.float16, "vllm", False, True, "v2"),
     ]
-    for i, (lens, hq, hk, d, bs, dtype, layout, fp8, alibi, api) in enumerate(specs):
+    for i, (mode, (lens, hq, hk, d, bs, dtype, layout, fp8, alibi, api)) in enumerate(
+            [(m, sp) for m in ("device", "off") for sp in specs]):
+        pa.set_validation(mode)
         sc = make_scenario(lens, hk, d, bs, shared_prefix=3, generator=g)
         kc, vc = (vllm_caches if layout == "vllm" else flash_caches)(sc, bs, dtype, device="cuda", fp8=fp8)
         k, v = tokens_in_slot_order(sc)
@@ -112,26 +182,76 @@ def check_paged(results):
             rk = (lambda x: x.to(dtype).double(),) * 2
         ref = decode_ref(q, sc, scale, alibi=slopes, kv_round=rk)
         err = rel_err(out, ref)
-        cases.append({"case": i, "api": api, "layout": layout, "seq_lens": lens, "heads": [hq, hk], "head_size": d,
+        cases.append({"case": i, "mode": mode, "api": api, "layout": layout, "seq_lens": lens, "heads": [hq, hk], "head_size": d,
                       "block_size": bs, "dtype": str(dtype), "fp8": fp8, "alibi": alibi, "rel_err": err,
                       "backend": pa.backend_for(q.cuda()), "ok": err < 1e-2})
-    # bad input on the GPU: refused before launch, and the device is fine afterwards
-    sc = make_scenario([40, 40], 8, 128, 16, generator=g)
-    kc, vc = vllm_caches(sc, 16, DT, device="cuda", fill=0.0)
+    # bad input on the GPU. host mode: refused before launch. device mode: no sync, the bad sequence's output is
+    # NaN, the others are right, the next call raises; the device is fine afterwards.
+    sc = make_scenario([40, 40, 33], 8, 128, 16, generator=g)
+    kc, vc = vllm_caches(sc, 16, DT, device="cuda")
+    k, v = tokens_in_slot_order(sc)
+    pa.set_validation("host")
+    pa.reshape_and_cache(k.to(DT).cuda(), v.to(DT).cuda(), kc, vc, sc.slot_mapping.cuda(), "auto", 1.0, 1.0)
     bt = sc.block_tables.cuda().clone()
     bt[1, 0] = sc.num_blocks + 5
-    out = torch.empty(2, 32, 128, device="cuda", dtype=DT)
-    try:
-        pa.paged_attention_v1(out, torch.randn_like(out), kc, vc, 8, 0.1, bt, sc.seq_lens.cuda(), 16, 40, None,
-                              "auto", 1.0, 1.0)
-        bad = "no error"
-    except ValueError as e:
-        bad = str(e)
+    q = torch.randn(3, 32, 128, generator=g).to(DT)
+    bad = {}
+    for mode in ("host", "device"):
+        pa.set_validation(mode)
+        out = torch.full((3, 32, 128), 7.0, device="cuda", dtype=DT)
+        try:
+            pa.paged_attention_v1(out, q.cuda(), kc, vc, 8, 0.1, bt, sc.seq_lens.cuda(), 16, 40, None, "auto", 1.0, 1.0)
+            first = "no error"
+        except ValueError as e:
+            first = str(e)
+        torch.cuda.synchronize()
+        rec = {"first_call": first, "out_untouched": bool((out == 7.0).all())}
+        if mode == "device":
+            ref = decode_ref(q, sc, 0.1, kv_round=(lambda x: x.to(DT).double(),) * 2)
+            rec["bad_row_nan"] = bool(torch.isnan(out[1]).all())
+            rec["good_rows_rel_err"] = max(rel_err(out[i], ref[i]) for i in (0, 2))
+            try:
+                pa.paged_attention_v1(out, q.cuda(), kc, vc, 8, 0.1, sc.block_tables.cuda(), sc.seq_lens.cuda(), 16,
+                                      40, None, "auto", 1.0, 1.0)
+                rec["next_call"] = "no error"
+            except ValueError as e:
+                rec["next_call"] = str(e)
+            pa.paged_attention_v1(out, q.cuda(), kc, vc, 8, 0.1, sc.block_tables.cuda(), sc.seq_lens.cuda(), 16,
+                                  40, None, "auto", 1.0, 1.0)
+            pa.check_errors()
+            rec["after_rel_err"] = rel_err(out, ref)
+            from paged_attention import _device_check
+
+            rec["report_in_pinned_host_memory"] = not _device_check.state_for(out.device).copy_after_launch
+        bad[mode] = rec
     torch.cuda.synchronize()
     results["paged_correctness"] = cases
     results["paged_bad_input_gpu"] = bad
-    print(f"paged correctness: {sum(c['ok'] for c in cases)}/{len(cases)} ok; max rel err "
-          f"{max(c['rel_err'] for c in cases):.2e}; bad input -> {bad[:90]}")
+    ok = all(c["ok"] for c in cases)
+    print(f"paged correctness: {sum(c['ok'] for c in cases)}/{len(cases)} ok (modes device+off); max rel err "
+          f"{max(c['rel_err'] for c in cases):.2e}; bad input: {json.dumps(bad)[:600]}", flush=True)
+    return ok
+
+
+def kernel_resources(results):
+    """Registers, spills and shared memory of the decode kernel per layout at the headline config (no device time:
+    read off the compiled kernel after one call)."""
+    from paged_attention import _triton_impl as ti
+
+    g = torch.Generator().manual_seed(11)
+    res = {}
+    for layout in ("vllm", "flash"):
+        setup = PagedSetup(64, 4096, layout, 1, g)
+        setup()
+        torch.cuda.synchronize()
+        k = ti.last_launch
+        res[layout] = {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None),
+                       "shared": getattr(getattr(k, "metadata", None), "shared", None),
+                       "config": list(ti.config_for(D, TUNED.get(layout), layout))}
+        del setup
+        torch.cuda.empty_cache()
+    results["kernel_resources"] = res
+    print("kernel resources:", json.dumps(res), flush=True)
 
 
 # -------------------------------------------------------------------------------------------- bandwidth
@@ -149,7 +269,7 @@ def copy_bandwidth():
 class PagedSetup:
     """``copies`` disjoint sets of shuffled pages in one pool; each call uses the next set."""
 
-    def __init__(self, batch, ctx, layout, copies, g):
+    def __init__(self, batch, ctx, layout, copies, g, mode="device", tuning=None):
         nb = ctx // PAGE
         total = batch * nb * copies
         perm = torch.randperm(total, generator=g, device="cpu").to(torch.int32)
@@ -163,11 +283,12 @@ class PagedSetup:
         self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
         self.q = torch.randn(batch, HQ, D, device="cuda", dtype=DT)
         self.out = torch.empty_like(self.q)
-        self.layout, self.ctx, self.i = layout, ctx, 0
+        self.layout, self.ctx, self.i, self.mode, self.tuning = layout, ctx, 0, mode, tuning
+        self.copies = copies
 
     def __call__(self):
-        if self.layout in TUNED:
-            pa_ops._tuning = TUNED[self.layout]
+        pa_ops._tuning = self.tuning if self.tuning is not None else TUNED.get(self.layout)
+        pa.set_validation(self.mode)
         t = self.tables[self.i % len(self.tables)]
         self.i += 1
         if self.layout == "vllm":
@@ -207,6 +328,9 @@ def flex_fn(batch, ctx, copies, g):
     kc = torch.randn(1, HK, total * PAGE, D, device="cuda", dtype=DT)
     vc = torch.randn(1, HK, total * PAGE, D, device="cuda", dtype=DT)
     q = torch.randn(batch, HQ, 1, D, device="cuda", dtype=DT)
+    import torch._dynamo as dynamo  # (a bare "import torch._dynamo" here would make torch local: run 4's Flex error)
+
+    dynamo.config.recompile_limit = 64  # one compile per grid shape (the default 8 stopped run 3 at 32k)
     flex = torch.compile(flex_attention, dynamic=False)
     masks = []
     seq = torch.full((batch,), ctx, device="cuda", dtype=torch.int64)
@@ -233,7 +357,11 @@ def flex_fn(batch, ctx, copies, g):
     return run, (kc, vc)
 
 
+GRID_MODES = ("call", "stream", "graph")
+
+
 def decode_grid(results, copy_bw, batches, ctxs, quick, deadline, only=None):
+    """Every method at every point, timed three ways (see bench / bench_stream / bench_graph)."""
     g = torch.Generator().manual_seed(7)
     rows = []
     for ctx in ctxs:
@@ -247,7 +375,7 @@ def decode_grid(results, copy_bw, batches, ctxs, quick, deadline, only=None):
                        ("sdpa_flash", lambda: sdpa_fn(batch, ctx, "flash", copies)[0]),
                        ("flex_paged", lambda: flex_fn(batch, ctx, copies, g)[0])]
             if quick:
-                methods = methods[:1] + methods[2:3]
+                methods = methods[:3]
             if only:
                 methods = [m for m in methods if m[0] in only]
             left = deadline - time.time()
@@ -255,15 +383,14 @@ def decode_grid(results, copy_bw, batches, ctxs, quick, deadline, only=None):
                 row["skipped"] = "time budget"
                 rows.append(row)
                 continue
-            if left < 90:
+            if left < 60:
                 methods = [m for m in methods if m[0] != "flex_paged"]
                 row["flex_paged"] = {"error": "skipped: time budget (FlexAttention compiles per shape)"}
             for name, make in methods:
+                fn = None
                 try:
                     fn = make()
-                    ms = bench(fn)
-                    row[name] = {"ms": ms, "TBps": kv_bytes / (ms * 1e-3) / 1e12,
-                                 "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw}
+                    row[name] = timings(fn, copies, kv_bytes, copy_bw, GRID_MODES)
                 except Exception as e:  # record and go on: one baseline failing must not lose the run
                     row[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"}
                 finally:
@@ -272,49 +399,100 @@ def decode_grid(results, copy_bw, batches, ctxs, quick, deadline, only=None):
                     torch.cuda.empty_cache()
             rows.append(row)
             results["decode"] = rows
-            print(" ".join([f"B{batch:<4} ctx{ctx:<6}"] + [
-                f"{n}={row[n]['TBps']:.2f}TB/s({row[n]['pct_copy']:.0f}%)" if "TBps" in row[n] else f"{n}=ERR"
-                for n, _ in methods]), flush=True)
+
+            def fmt(r):
+                if "graph" not in r and "call" not in r:
+                    return "ERR"
+                return "/".join(f"{r[m]['TBps']:.2f}" if "TBps" in r.get(m, {}) else "x" for m in GRID_MODES)
+
+            print(" ".join([f"B{batch:<4} ctx{ctx:<6}"] + [f"{n}={fmt(row[n])}" for n, _ in methods]), flush=True)
     results["decode"] = rows
 
 
-def sweep(results, copy_bw):
-    """Tile/warps/stages (and programs per SM for the context split) at the headline point (B64, ctx4k), both
-    cache layouts; returns the best config per layout."""
+def host_overhead(results):
+    """Host time per call (us) with the GPU work negligible (B1, ctx 1k): 200 calls back to back, host clock, then
+    a sync. Ours in each validation mode, and SDPA-cuDNN."""
+    g = torch.Generator().manual_seed(13)
+    res = {}
+    fns = {f"ours_flash_{m}": PagedSetup(1, 1024, "flash", 1, g, mode=m) for m in ("device", "host", "off")}
+    fns["ours_vllm_device"] = PagedSetup(1, 1024, "vllm", 1, g, mode="device")
+    fns["sdpa_cudnn"] = sdpa_fn(1, 1024, "cudnn", 1)[0]
+    for name, fn in fns.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(200):
+            fn()
+        host = (time.perf_counter() - t) / 200
+        torch.cuda.synchronize()
+        res[name] = host * 1e6
+    results["host_us_per_call_b1_ctx1k"] = res
+    print("host us per call (B1 ctx1k): " + " ".join(f"{k}={v:.1f}" for k, v in res.items()), flush=True)
+    del fns
+    torch.cuda.empty_cache()
+
+
+def validation_cost(results, copy_bw):
+    """Headline point (B64 ctx4k), both layouts: validation host / device / off, timed per call and back to back
+    (and as a graph where capture is possible: not in host mode, which syncs)."""
+    g = torch.Generator().manual_seed(17)
+    kv_bytes = 64 * 4096 * HK * D * 4
+    res = {}
+    for layout in ("flash", "vllm"):
+        for mode in ("off", "device", "host"):
+            setup = PagedSetup(64, 4096, layout, 1, g, mode=mode)
+            res[f"{layout}_{mode}"] = timings(setup, 1, kv_bytes, copy_bw,
+                                              ("call", "stream") if mode == "host" else GRID_MODES)
+            del setup
+            torch.cuda.empty_cache()
+    results["validation_cost_b64_ctx4k"] = res
+    print("validation cost B64 ctx4k (TB/s call/stream/graph): " + " ".join(
+        f"{k}=" + "/".join(f"{v[m]['TBps']:.2f}" if "TBps" in v.get(m, {}) else "x" for m in GRID_MODES)
+        for k, v in res.items()), flush=True)
+
+
+def sweep(results, copy_bw, points=((64, 4096), (16, 4096))):
+    """Kernel configs at a few points, both layouts, validation mode "device", GPU time (graph replays): first tile
+    x warps x stages at the package's split, then the split (programs per SM) for the best. Returns
+    {(layout, batch, ctx): best cfg} and records everything."""
     g = torch.Generator().manual_seed(3)
-    batch, ctx = 64, 4096
-    kv_bytes = batch * ctx * HK * D * 4
     best, out = {}, []
-    for layout in ("vllm", "flash"):
-        setup = PagedSetup(batch, ctx, layout, 1, g)
-        configs = [dict(tile=t, num_warps=w, num_stages=st) for t in (64, 128) for w in (4, 8) for st in (2, 3)]
-        rows = []
-        for cfg in configs + ["pps"]:
-            cands = [cfg] if cfg != "pps" else [dict(min(rows, key=lambda r: r["ms"])["cfg"], programs_per_sm=p)
-                                                for p in (2, 8, 16)]
-            for c in cands:
-                pa_ops._tuning = c
-                try:
-                    ms = bench(setup)
-                    rows.append({"layout": layout, "cfg": c, "ms": ms, "TBps": kv_bytes / (ms * 1e-3) / 1e12,
-                                 "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw})
-                except Exception as e:
-                    out.append({"layout": layout, "cfg": c, "error": str(e)[:200]})
-        out.extend(rows)
-        best[layout] = min(rows, key=lambda r: r["ms"]) if rows else None
-        print(f"sweep {layout}: " + " ".join(f"{r['cfg']}={r['TBps']:.2f}" for r in rows), flush=True)
-        if layout == "vllm":
-            pa_ops._tuning = best[layout]["cfg"] if best[layout] else None
-            pa.set_validation(True)
-            ms_on = bench(setup)
-            pa.set_validation(False)
-            ms_off = bench(setup)
-            results["validation_cost_b64_ctx4k_ms"] = {"validate_on": ms_on, "validate_off": ms_off}
-            print(f"validation on {ms_on * 1e3:.1f} us vs off {ms_off * 1e3:.1f} us")
-        del setup
-        torch.cuda.empty_cache()
+    for batch, ctx in points:
+        kv_bytes = batch * ctx * HK * D * 4
+        copies = max(1, min(32, math.ceil(ROTATE_BYTES / kv_bytes)))
+        for layout in ("flash", "vllm"):
+            setup = PagedSetup(batch, ctx, layout, copies, g)
+            rows = []
+            configs = [dict(tile=t, num_warps=w, num_stages=st) for t in (64, 128) for w in (4, 8) for st in (2, 3)]
+            for stage in ("cfg", "pps"):
+                if stage == "pps":
+                    if not rows:
+                        break
+                    top = dict(min(rows, key=lambda r: r["ms"])["cfg"])
+                    top.pop("programs_per_sm", None)
+                    configs = [dict(top, programs_per_sm=p) for p in (1, 2, 4, 8)]
+                for c in configs:
+                    setup.tuning = c
+                    try:
+                        ms = bench_graph(setup, copies)
+                        rows.append({"layout": layout, "batch": batch, "ctx": ctx, "cfg": c, "ms": ms,
+                                     "TBps": kv_bytes / (ms * 1e-3) / 1e12,
+                                     "pct_copy": 100 * kv_bytes / (ms * 1e-3) / copy_bw})
+                    except Exception as e:
+                        out.append({"layout": layout, "batch": batch, "ctx": ctx, "cfg": c, "error": str(e)[:200]})
+                        torch.cuda.synchronize()
+            out.extend(rows)
+            if rows:
+                b = min(rows, key=lambda r: r["ms"])
+                best[f"{layout}_b{batch}_ctx{ctx}"] = b
+                print(f"sweep {layout} B{batch} ctx{ctx}: best {b['cfg']} {b['TBps']:.2f} TB/s; " + " ".join(
+                    f"{r['cfg'].get('tile')}/{r['cfg'].get('num_warps')}/{r['cfg'].get('num_stages')}"
+                    f"/{r['cfg'].get('programs_per_sm', '-')}={r['TBps']:.2f}" for r in rows), flush=True)
+            del setup
+            torch.cuda.empty_cache()
     pa_ops._tuning = None
-    results["sweep_b64_ctx4k"] = out
+    results["sweep"] = out
     results["sweep_best"] = best
     return best
 
@@ -416,10 +594,11 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true", help="fewer points and methods (a smoke run)")
     ap.add_argument("--skip-sweep", action="store_true")
-    ap.add_argument("--parts", default="correct,sweep,grid,sliding")
+    ap.add_argument("--parts", default="correct,resources,host,validation,sweep,grid",
+                    help="comma list of: correct, resources, host, validation, sweep, grid, sliding")
     ap.add_argument("--methods", default="", help="grid methods to run (comma list; default all): ours_vllm, "
                     "ours_flash, sdpa_cudnn, sdpa_flash, flex_paged")
-    ap.add_argument("--budget-s", type=float, default=480.0,
+    ap.add_argument("--budget-s", type=float, default=400.0,
                     help="after this many seconds the grid skips FlexAttention (compiles per shape), then stops")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -442,21 +621,27 @@ def main():
     t_all = time.time()
     try:
         if "correct" in parts:
-            check_paged(results)
+            results["correct_ok"] = check_paged(results)
             save()
         copy_bw = copy_bandwidth()
         results["copy_bandwidth_Bps"] = copy_bw
         print(f"device {props.name}: copy bandwidth (read + write) {copy_bw / 1e12:.2f} TB/s", flush=True)
-        pa.set_validation(False)  # timed calls: indices are valid by construction (cost measured in the sweep)
+        if "resources" in parts:
+            kernel_resources(results)
+        if "host" in parts:
+            host_overhead(results)
+            save()
+        if "validation" in parts:
+            validation_cost(results, copy_bw)
+            save()
         if "sweep" in parts and not args.skip_sweep:
-            best = sweep(results, copy_bw)
-            TUNED.update({k: v["cfg"] for k, v in best.items() if v})
-            results["grid_tuning"] = TUNED
+            sweep(results, copy_bw)
             save()
         if "sliding" in parts:
             sliding_window_records(results, args.quick)
             save()
-        if "grid" in parts:
+        if "grid" in parts:  # the package defaults, validation mode "device" (the default)
+            TUNED.clear()
             batches = [1, 16, 64, 256] if not args.quick else [64]
             ctxs = [1024, 4096, 32768] if not args.quick else [4096]
             decode_grid(results, copy_bw, batches, ctxs, args.quick, t_all + args.budget_s,
@@ -468,11 +653,13 @@ def main():
         results["seconds"] = time.time() - t_all
         save()
     head = next((r for r in results.get("decode", []) if r["batch"] == 64 and r["ctx"] == 4096), None)
-    for name in ("ours_vllm", "ours_flash", "sdpa_cudnn"):
-        if head and "TBps" in head.get(name, {}):
-            o = head[name]
-            print(f"HEADLINE {name} B64 ctx4k GQA32/8 page16: {o['TBps']:.2f} TB/s = {o['pct_copy']:.1f}% of copy "
-                  "bandwidth (target 2.85 TB/s)")
+    for name in ("ours_vllm", "ours_flash", "sdpa_cudnn", "sdpa_flash", "flex_paged"):
+        for mode in GRID_MODES:
+            o = (head or {}).get(name, {}).get(mode, {})
+            if "TBps" in o:
+                print(f"HEADLINE {name} [{mode}] B64 ctx4k GQA32/8 page16: {o['TBps']:.2f} TB/s = {o['pct_copy']:.1f}% "
+                      "of copy bandwidth (target 2.85 TB/s)")
+
 
 if __name__ == "__main__":
     main()
