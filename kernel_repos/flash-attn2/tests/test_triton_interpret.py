@@ -99,14 +99,10 @@ def test_varlen_random_cu_seqlens(fa):
     assert (out[tail] == 0).all() and (lse[:, tail] == float("-inf")).all() and (dq[tail] == 0).all()
 
 
-@pytest.mark.parametrize("options", [dict(raw_max=False, lazy_rescale=False), dict(raw_max=True, lazy_rescale=False),
-                                     dict(raw_max=True, lazy_rescale=True)], ids=["plain", "raw_max", "lazy"])
 @pytest.mark.parametrize("scale", [None, -0.2], ids=["scale+", "scale-"])
-def test_forward_options_exact_with_growing_row_max(fa, monkeypatch, options, scale):
-    """The forward's softmax variants (``_triton_fwd.OPTIONS``) on scores whose row max grows across key blocks by
-    more than 8 (base 2) and by less: both branches of the lazy rescale run. A negative scale takes the plain form."""
-    import importlib
-    monkeypatch.setattr(importlib.import_module(fa.__name__ + "._triton_fwd"), "OPTIONS", options)
+def test_forward_exact_with_growing_row_max(fa, scale):
+    """Scores whose row max grows across key blocks (by more than 8 in base 2 and by less), causal+window and not,
+    a negative softmax scale too: the online softmax rescales exactly."""
     torch.manual_seed(5)
     sq, sk = 70, 90
     q = torch.randn(1, sq, 2, 32) * 2

@@ -12,6 +12,10 @@ out 0 and lse -inf. Softmax runs in base 2 (exp2) with the scale folded in; lse 
 Only the last dim of q/k/v must be contiguous; the other strides are passed in. ``USE_TMA`` (Hopper, dense
 inputs only) loads Q/K/V through device-side tensor descriptors (the bulk tensor copy engine); K/V blocks past
 the sequence end come back zero-filled, and their scores are masked anyway.
+
+Tried on an H100 and not kept (scripts/bench_attention_followup.py, BENCHMARKS.md): the row max taken on raw
+scores with the exponent as one FMA (within +-4% of this form, no net gain), and skipping the acc rescale unless a
+row max grows by more than 8 (2-10% slower: the branch inside the loop costs Triton its wgmma pipelining).
 """
 
 import os
@@ -81,8 +85,7 @@ def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, o
                  qk_scale, softcap, left, right,
                  MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
                  PAGED: tl.constexpr, PAGE: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr,
-                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM_P: tl.constexpr,
-                 RAW_MAX: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+                 HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM_P: tl.constexpr):
     off = seqlen_k - seqlen_q
     for start_n in range(n_lo, n_hi, BLOCK_N):
         cols = start_n + offs_n
@@ -92,7 +95,7 @@ def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, o
         if SOFTCAP:
             s = softcap * _tanh(s * qk_scale)
             s = s * 1.4426950408889634
-        elif not RAW_MAX:
+        else:
             s = s * qk_scale
         if MASK:
             ok = cols[None, :] < seqlen_k
@@ -101,40 +104,19 @@ def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, o
             if HAS_RIGHT:
                 ok = ok & (cols[None, :] <= offs_m[:, None] + off + right)
             s = tl.where(ok, s, float("-inf"))
-        # RAW_MAX (scale > 0, no softcap): the row max is taken on raw scores and scaled once per row, so the
-        # exponent s * scale - m is one FMA per score instead of a multiply and a subtract.
-        if RAW_MAX:
-            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that saw nothing yet: no NaN
         else:
             m_new = tl.maximum(m_i, tl.max(s, 1))
-        if LAZY_RESCALE:
-            # Keep the running max (and skip rescaling acc) unless some row's max grew by more than 8 (x256 in
-            # base 2): p stays <= 256, harmless in fp32 sums and bf16/fp16 operands, and most blocks skip the
-            # acc * alpha pass. m_i = -inf (row saw nothing yet) compares below any finite m_new.
-            if tl.max((m_new > m_i + 8.0).to(tl.int32), 0) > 0:
-                m_fix = tl.where(m_new == float("-inf"), 0.0, m_new)
-                alpha = tl.exp2(m_i - m_fix)
-                acc = acc * alpha[:, None]
-                l_i = l_i * alpha
-                m_i = m_new
-            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-        else:
-            if MASK:
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row that saw nothing yet: no NaN
-            else:
-                m_use = m_new
-            alpha = tl.exp2(m_i - m_use)
-            l_i = l_i * alpha
-            acc = acc * alpha[:, None]
-            m_i = m_new
-        if RAW_MAX:
-            p = tl.exp2(s * qk_scale - m_use[:, None])
-        else:
-            p = tl.exp2(s - m_use[:, None])
-        l_i = l_i + tl.sum(p, 1)
+            m_use = m_new
+        p = tl.exp2(s - m_use[:, None])
+        alpha = tl.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
         v = _load_kv(v_base, v_desc, cols, seqlen_k, stride_vn, bt_row, stride_vpage, b, h_kv,
                      k_row_base + start_n, offs_d, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
         acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
     return acc, m_i, l_i
 
 
@@ -147,7 +129,6 @@ def attn_fwd_kernel(
     VARLEN: tl.constexpr, SEQUSED: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    RAW_MAX: tl.constexpr, LAZY_RESCALE: tl.constexpr,
 ):
     # seq_bucket only feeds the autotune key (one tuning per power-of-two length).
     EVEN_D: tl.constexpr = HEAD_DIM == HEAD_DIM_P
@@ -212,18 +193,15 @@ def attn_fwd_kernel(
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, lo, full_lo, offs_m, offs_n,
                                  offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
                                  stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, True, HAS_LEFT,
-                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P,
-                                 RAW_MAX, LAZY_RESCALE)
+                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, full_lo, full_hi, offs_m,
                                  offs_n, offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
                                  stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, False, HAS_LEFT,
-                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P,
-                                 RAW_MAX, LAZY_RESCALE)
+                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, full_hi, hi, offs_m, offs_n,
                                  offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
                                  stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, True, HAS_LEFT,
-                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P,
-                                 RAW_MAX, LAZY_RESCALE)
+                                 HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
 
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
@@ -234,12 +212,6 @@ def attn_fwd_kernel(
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
     lse_ptrs = LSE + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start + offs_m
     tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
-
-
-# Forward options, read at launch (the benchmark flips them to compare; both are exact):
-# raw_max: row max on raw scores, exponent as one FMA (needs softmax scale > 0; else the plain form is used);
-# lazy_rescale: skip the acc rescale unless a row max grows by more than 8 (base 2).
-OPTIONS = {"raw_max": True, "lazy_rescale": False}
 
 
 def family(head_dim: int) -> str:
@@ -282,8 +254,7 @@ def _prune(configs, named_args, **kwargs):
     return out
 
 
-_KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "RAW_MAX",
-        "LAZY_RESCALE", "seq_bucket"]
+_KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "seq_bucket"]
 _tuned = {}
 
 

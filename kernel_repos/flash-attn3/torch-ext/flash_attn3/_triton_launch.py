@@ -100,7 +100,6 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
         VARLEN=varlen, SEQUSED=seqused_k is not None, PAGED=paged, PAGE=page,
         HAS_LEFT=has_left, HAS_RIGHT=has_right, SOFTCAP=softcap > 0, USE_TMA=use_tma,
         HEAD_DIM=d, HEAD_DIM_P=_head_dim_p(d),
-        RAW_MAX=bool(fwd.OPTIONS["raw_max"] and scale > 0 and softcap == 0), LAZY_RESCALE=bool(fwd.OPTIONS["lazy_rescale"]),
     )
     return out, lse
 
