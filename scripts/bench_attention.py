@@ -19,7 +19,6 @@ import argparse
 import importlib.util
 import json
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -325,14 +324,10 @@ def bench(fas, results, seqs):
 
 # ----------------------------------------------------------------------------------------------- e2e
 
-def e2e(fas, results):
-    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
-    try:
-        from transformers import AttentionMaskInterface
-    except ImportError:
-        from transformers.masking_utils import AttentionMaskInterface
-    from kernel_loader import adapters
-    from kernel_loader.spec import parse_spec
+def e2e_setup():
+    """The Llama 1B-shape model, its 4096-token prompt, a prefill(impl) -> (logits, ms) timer, and the sdpa and
+    eager (bf16 noise floor) rows. Shared with bench_attention_followup.py."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                       num_key_value_heads=8, vocab_size=32000, max_position_embeddings=8192, rope_theta=500000.0,
@@ -343,7 +338,6 @@ def e2e(fas, results):
     out = {"model": "Llama 1B shape (hidden 2048, 16 layers, 32 q / 8 kv heads, head dim 64), random weights",
            "tokens": int(ids.numel()), "how": "kernel package imported directly; kernel_loader.adapters.adapt; "
                                               "registered with AttentionInterface + flash mask"}
-    flash_mask = AttentionMaskInterface._global_mapping.get("flash_attention_2")
 
     def prefill(impl):
         model.set_attn_implementation(impl)
@@ -358,15 +352,36 @@ def e2e(fas, results):
         eager, ms = prefill("eager")
         out["eager"] = {"ms": ms, "logits_rel_err_vs_sdpa": rel(eager, ref),
                         "argmax_agreement": float((eager.argmax(-1) == ref.argmax(-1)).float().mean())}
+        del eager
     except Exception as e:
         out["eager"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return ids, prefill, ref, out
+
+
+def register_kernel(name, fa):
+    """Register a kernel package's adapted attention (and transformers' flash mask) as ``kl_<name>``."""
+    try:
+        from transformers import AttentionMaskInterface
+    except ImportError:
+        from transformers.masking_utils import AttentionMaskInterface
+    from transformers import AttentionInterface
+
+    from kernel_loader import adapters
+    from kernel_loader.spec import parse_spec
+
+    attention, _, _ = adapters.adapt(fa, parse_spec(f"kernels-community/flash-attn{name[-1]}"), "cuda")
+    AttentionInterface.register(f"kl_{name}", attention)
+    flash_mask = AttentionMaskInterface._global_mapping.get("flash_attention_2")
+    if flash_mask is not None:
+        AttentionMaskInterface.register(f"kl_{name}", flash_mask)
+    return f"kl_{name}"
+
+
+def e2e(fas, results):
+    ids, prefill, ref, out = e2e_setup()
     for name, fa in fas.items():
         try:
-            attention, _, _ = adapters.adapt(fa, parse_spec(f"kernels-community/flash-attn{name[-1]}"), "cuda")
-            AttentionInterface.register(f"kl_{name}", attention)
-            if flash_mask is not None:
-                AttentionMaskInterface.register(f"kl_{name}", flash_mask)
-            logits, ms = prefill(f"kl_{name}")
+            logits, ms = prefill(register_kernel(name, fa))
             out[name] = {"ms": ms, "tokens_per_s": ids.numel() / ms * 1e3, "logits_rel_err_vs_sdpa": rel(logits, ref),
                          "logits_max_abs_diff": float((logits - ref).abs().max()),
                          "argmax_agreement": float((logits.argmax(-1) == ref.argmax(-1)).float().mean())}

@@ -282,49 +282,16 @@ def host_overhead(fas, results):
 # ------------------------------------------------------------------------------------------------ phase 2
 
 def e2e(fas, results, deadline):
-    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
-    try:
-        from transformers import AttentionMaskInterface
-    except ImportError:
-        from transformers.masking_utils import AttentionMaskInterface
-    from kernel_loader import adapters
-    from kernel_loader.spec import parse_spec
-
-    cfg = LlamaConfig(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-                      num_key_value_heads=8, vocab_size=32000, max_position_embeddings=8192, rope_theta=500000.0,
-                      head_dim=64)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
-    ids = torch.randint(0, cfg.vocab_size, (1, 4096), device="cuda")
-    out = {"model": "Llama 1B shape (hidden 2048, 16 layers, 32 q / 8 kv heads, head dim 64), random weights",
-           "tokens": int(ids.numel())}
-    flash_mask = AttentionMaskInterface._global_mapping.get("flash_attention_2")
-
-    def prefill(impl):
-        model.set_attn_implementation(impl)
-        with torch.no_grad():
-            logits = model(ids).logits
-            ms = ba.bench_ms(lambda: model(ids))
-        return logits.float(), ms
-
-    ref, ms = prefill("sdpa")
-    out["sdpa"] = {"ms": ms, "tokens_per_s": ids.numel() / ms * 1e3}
-    eager, ms = prefill("eager")
-    out["eager"] = {"ms": ms, "logits_rel_err_vs_sdpa": ba.rel(eager, ref),
-                    "argmax_agreement": float((eager.argmax(-1) == ref.argmax(-1)).float().mean())}
-    del eager
+    ids, prefill, ref, out = ba.e2e_setup()
     for name, fa in fas.items():
-        attention, _, _ = adapters.adapt(fa, parse_spec(f"kernels-community/flash-attn{name[-1]}"), "cuda")
-        AttentionInterface.register(f"kl_{name}", attention)
-        if flash_mask is not None:
-            AttentionMaskInterface.register(f"kl_{name}", flash_mask)
+        impl = ba.register_kernel(name, fa)
         for var in VARIANTS:
             if time.time() > deadline:
                 results.setdefault("skipped", []).append(f"e2e {name} {var}")
                 continue
             set_options(fa, var)
             try:
-                logits, ms = prefill(f"kl_{name}")
+                logits, ms = prefill(impl)
                 out[f"{name}:{var}"] = {"ms": ms, "tokens_per_s": ids.numel() / ms * 1e3,
                                         "ratio_vs_sdpa": out["sdpa"]["ms"] / ms,
                                         "logits_rel_err_vs_sdpa": ba.rel(logits, ref),
