@@ -37,6 +37,13 @@ def test_build_metadata_and_variant_name(built_flash_attn2):
     assert meta.id == built_flash_attn2.ops_id and meta.id.startswith("_flash_attn2_cpu_")
     assert meta.digest is not None and (built_flash_attn2.library.name in meta.digest.files)
     assert not list(built_flash_attn2.path.rglob("*.pyc"))
+    # Error messages name sources relative to the kernel repo; no build-machine path is published.
+    blob = built_flash_attn2.library.read_bytes()
+    assert b"csrc/cpu/flash_fwd_cpu.cpp" in blob
+    from conftest import FLASH_ATTN2_DIR, REPO_ROOT
+
+    for path in (FLASH_ATTN2_DIR.resolve(), REPO_ROOT.resolve()):
+        assert str(path).encode() not in blob
 
 
 def test_stock_kernels_client_loads_published_repo(published_flash_attn2):

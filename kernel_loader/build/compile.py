@@ -52,8 +52,18 @@ def object_path(unit: CompileUnit) -> str:
 
 
 def write_ninja_file(plan: BuildPlan, kernel_dir: Path, build_dir: Path) -> Path:
+    # __FILE__ (in TORCH_CHECK messages) is written relative to the kernel repo: published binaries carry no
+    # build-machine paths. Like the include dirs, it stays out of the plan's flags (build-info.json).
+    # torch's headers (asserts in inline code) likewise read 'torch/include/...', not the build venv's path.
+    prefixes = {f"{Path(kernel_dir).resolve()}/"}
+    prefixes |= {d.split("/site-packages/")[0] + "/site-packages/" for d in plan.system_include_dirs
+                 if "/site-packages/" in d}
+    relative_files = [f"-fmacro-prefix-map={p}=" for p in sorted(prefixes)]
     includes = [f"-I{d}" for d in plan.include_dirs] + [f"-isystem{d}" for d in plan.system_include_dirs]
+    includes += relative_files
     nvcc_includes = [f"-I{d}" for d in plan.include_dirs]
+    for flag in relative_files:
+        nvcc_includes += ["-Xcompiler", flag]
     for d in plan.system_include_dirs:
         nvcc_includes += ["-isystem", d]
     lines = [
