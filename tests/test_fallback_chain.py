@@ -27,6 +27,8 @@ def published_flash_attn3(local_hub, session_env_trust, tmp_path_factory):
     out = tmp_path_factory.mktemp("flash-attn3-build")
     built = build_variant(FA3_DIR, out_dir=out / "build", variant="torch-cuda", progress=lambda _m: None)
     assert built.archs == ("9.0",)
+    shared = built.path / "_triton_fwd.py"  # a symlink in the source tree: the variant holds the file itself
+    assert shared.is_file() and not shared.is_symlink()
     publish_local(built.path.parent.parent, FA3_REPO, local_hub.root, 1, allow_dirty=True)
     return FA3_REPO
 
