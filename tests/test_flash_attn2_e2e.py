@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from reference import attention_ref
+from tiny_kernels import FLASH_ATTN2_DIR, REPO_ROOT
 
 import kernel_loader
 from kernel_loader.api import clear_cache
@@ -40,8 +41,6 @@ def test_build_metadata_and_variant_name(built_flash_attn2):
     # Error messages name sources relative to the kernel repo; no build-machine path is published.
     blob = built_flash_attn2.library.read_bytes()
     assert b"csrc/cpu/flash_fwd_cpu.cpp" in blob
-    from conftest import FLASH_ATTN2_DIR, REPO_ROOT
-
     for path in (FLASH_ATTN2_DIR.resolve(), REPO_ROOT.resolve()):
         assert str(path).encode() not in blob
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_kernel
+from tiny_kernels import make_tiny_kernel
 from reference import attention_ref
 
 import kernel_loader

@@ -8,7 +8,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import make_tiny_kernel
+from tiny_kernels import make_tiny_kernel
 
 from kernel_loader import matrix as m
 from kernel_loader.cli import main as cli

@@ -11,7 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import make_tiny_kernel
+from tiny_kernels import make_tiny_kernel
 
 from kernel_loader.cli import main as cli
 from kernel_loader.hub import publish_local

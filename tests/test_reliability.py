@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_kernel
+from tiny_kernels import make_tiny_kernel
 from faultproxy import FaultProxy
 from reference import attention_ref
 from test_load import PY_FLASH

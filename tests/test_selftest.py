@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FLASH_ATTN2_DIR, make_tiny_kernel
+from tiny_kernels import FLASH_ATTN2_DIR, make_tiny_kernel
 from reference import attention_ref
 
 from kernel_loader import selftest as st
