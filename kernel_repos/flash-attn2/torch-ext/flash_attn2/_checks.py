@@ -17,6 +17,18 @@ def fail(who: str, message: str):
     raise ValueError(f"{who}: {message}")
 
 
+def window(who: str, window_size) -> tuple:
+    """window_size as (left, right) ints, -1 = unbounded side."""
+    try:
+        left, right = (int(w) for w in window_size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{who}: window_size must be a pair (left, right) of ints, -1 = unbounded; "
+                         f"got {window_size!r}") from None
+    if left < -1 or right < -1:
+        fail(who, f"window_size entries must be >= -1 (-1 = unbounded), got {window_size!r}")
+    return left, right
+
+
 def tensor(who: str, name: str, t, ndim: int, layout: str):
     if not isinstance(t, torch.Tensor):
         fail(who, f"{name} must be a torch.Tensor {layout}, got {type(t).__name__}")

@@ -6,7 +6,7 @@ Every entry point goes through torch.library custom ops (see _custom_ops.py), so
 traces through it.
 """
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional
 
 import torch
 
@@ -76,17 +76,6 @@ def _reject_unsupported(who, dropout_p: float, alibi_slopes, return_attn_probs: 
             "use return_softmax_lse=True to get the log-sum-exp")
 
 
-def _window(who, window_size: Sequence[int]) -> Tuple[int, int]:
-    try:
-        left, right = (int(w) for w in window_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{who}: window_size must be a pair (left, right) of ints, -1 = unbounded; "
-                         f"got {window_size!r}") from None
-    if left < -1 or right < -1:
-        raise ValueError(f"{who}: window_size entries must be >= -1 (-1 = unbounded), got {window_size!r}")
-    return left, right
-
-
 def _scale(q: torch.Tensor, softmax_scale: Optional[float]) -> float:
     return q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
 
@@ -109,7 +98,7 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     who = "flash_attn_func"
     _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
     _checks.dense(who, q, k, v, *_limits(q.device))
-    window = _window(who, window_size)
+    window = _checks.window(who, window_size)
     out, lse = _OPS.fwd(q, k, v, _scale(q, softmax_scale), bool(causal), window[0], window[1],
                         _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
@@ -124,7 +113,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     who = "flash_attn_varlen_func"
     _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
     _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_limits(q.device))
-    window = _window(who, window_size)
+    window = _checks.window(who, window_size)
     out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                _scale(q, softmax_scale), bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
@@ -143,7 +132,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     who = _kvcache.WHO
     dtypes, head_dims = _limits(q.device)
     seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, block_table, dtypes, head_dims)
-    window = _window(who, window_size)
+    window = _checks.window(who, window_size)
     out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, block_table, _scale(q, softmax_scale),
                                 bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out

@@ -44,17 +44,6 @@ def _unsupported(who, **kwargs):
         raise NotImplementedError(f"{who}: {name}={value!r} is not supported by this build; leave it at its default")
 
 
-def _window(who, window_size):
-    try:
-        left, right = (int(w) for w in window_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"{who}: window_size must be a pair (left, right) of ints, -1 = unbounded; "
-                         f"got {window_size!r}") from None
-    if left < -1 or right < -1:
-        raise ValueError(f"{who}: window_size entries must be >= -1 (-1 = unbounded), got {window_size!r}")
-    return left, right
-
-
 def _common(who, q, softmax_scale, softcap):
     softcap = float(softcap)
     if softcap < 0:
@@ -71,7 +60,7 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descal
                  attention_chunk=attention_chunk, num_splits=num_splits)
     _checks.dense(who, q, k, v, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
-    left, right = _window(who, window_size)
+    left, right = _checks.window(who, window_size)
     out, lse = _OPS.fwd(q, k, v, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
@@ -86,7 +75,7 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
                  v_descale=v_descale, attention_chunk=attention_chunk, num_splits=num_splits)
     _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
-    left, right = _window(who, window_size)
+    left, right = _checks.window(who, window_size)
     out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
                                bool(causal), left, right, softcap)
     return (out, lse) if return_attn_probs else out
@@ -109,7 +98,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     dtypes, head_dims = _device_ok(who, q)
     seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, page_table, dtypes, head_dims)
     scale, softcap = _common(who, q, softmax_scale, softcap)
-    left, right = _window(who, window_size)
+    left, right = _checks.window(who, window_size)
     out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right,
                                 softcap)
     return (out, lse) if return_softmax_lse else out
