@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "kernel_repos" / "paged-attention" / "torch-ext"))
 sys.path.insert(0, str(ROOT / "kernel_repos" / "paged-attention" / "tests"))
 sys.path.insert(0, str(ROOT / "kernel_repos" / "sliding-window" / "torch-ext"))
+sys.path.insert(0, str(ROOT))
+from kernel_loader.selftest import attention_reference  # noqa: E402  (the float64 flash-semantics reference)
 
 import paged_attention as pa  # noqa: E402
 from paged_attention import ops as pa_ops  # noqa: E402
@@ -516,7 +518,7 @@ def sliding_window_records(results, quick):
         from sliding_window._window import normalize_window
 
         left, right = normalize_window(window, causal)
-        ref = _window_ref(q, k, v, left, right, softcap)
+        ref = attention_reference(q, k, v, window=(left, right), softcap=softcap)  # float64
         err = rel_err(out, ref)
         checks.append({"shape": [b, sq, sk, hq, hk, d], "window": [left, right], "softcap": softcap,
                        "rel_err": err, "ok": err < 1e-2})
@@ -568,25 +570,6 @@ def sliding_window_records(results, quick):
                                      "flat": all(s["allocated"] == base for s in samples)}
     print(f"ring decode {steps} tokens: allocated {base} -> {samples[-1]['allocated']} bytes, peak "
           f"{samples[-1]['peak']}, cache {cache.nbytes()} bytes, {time.time() - t0:.1f} s")
-
-
-def _window_ref(q, k, v, left, right, softcap):
-    q, k, v = q.double(), k.double(), v.double()
-    b, sq, hq, d = q.shape
-    sk, hk = k.shape[1], k.shape[2]
-    k, v = k.repeat_interleave(hq // hk, 2), v.repeat_interleave(hq // hk, 2)
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * d ** -0.5
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    i = torch.arange(sq)[:, None] + sk - sq
-    j = torch.arange(sk)[None, :]
-    ok = torch.ones(sq, sk, dtype=torch.bool)
-    if left >= 0:
-        ok &= j >= i - left
-    if right >= 0:
-        ok &= j <= i + right
-    p = torch.softmax(s.masked_fill(~ok, float("-inf")), -1).nan_to_num(0.0)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v)
 
 
 def main():
