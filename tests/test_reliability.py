@@ -32,8 +32,9 @@ from test_load import PY_FLASH
 
 import kernel_loader
 from kernel_loader.api import clear_cache
-from kernel_loader.fallback import KernelFallbackWarning, KernelUnavailable
-from kernel_loader.hub import free_port, publish_local, start_local_hub
+from kernel_loader.errors import KernelFallbackWarning, KernelUnavailable
+from kernel_loader.hub import free_port, start_local_hub
+from kernel_loader.publish import publish_local
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "torch-cpu"
@@ -229,7 +230,7 @@ def test_lock_pins_commit_and_refuses_digest_mismatch(hub, env, monkeypatch, tmp
     from kernels._rust import KernelLocks
 
     from kernel_loader.cli import main
-    from kernel_loader.lock import read_lock
+    from kernel_loader.lockfile import read_lock
 
     point_at(monkeypatch, hub.endpoint)
     first, _ = publish(hub, tmp_path, "acme/locked", value=1)
