@@ -181,3 +181,18 @@ def test_load_with_selftest_falls_back_and_versions_live_side_by_side(
     torch.testing.assert_close(m2.flash_attn_func(q, k, v, causal=True).double(), ref_scaled, atol=1e-5, rtol=1e-5)
     assert (m2.flash_attn_func(q, k, v, causal=True).double() - ref).abs().max() > 1e-3
     clear_cache()
+
+
+@pytest.mark.slow
+def test_package_load_runs_the_selftest(published_flash_attn2):
+    """``kernel_loader.load(spec, selftest=True)`` (the README's form) is api.load itself: it takes selftest and
+    runs it (once per variant folder)."""
+    import kernel_loader
+
+    clear_cache()
+    k = kernel_loader.load(published_flash_attn2, selftest=True, strict=True)
+    assert k.ok and k.variant and k.module is not None
+    summary = st_check._passed[str(k.path.resolve())]
+    assert summary.startswith(f"selftest passed for {k.variant}") and "6/6 cases pass" in summary, summary
+    clear_cache()
+
