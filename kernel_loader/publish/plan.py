@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ..selftest.write import exports_from_source
+from ..variants import backend_name
 from .checks import PublishRefused, check_digest, check_version, dirty_reasons, metadata_version, variant_dirs
 
 CARD_FILE = "CARD.md"
@@ -157,17 +158,8 @@ def _counterpart(variant: str, on_branch: set[str]) -> str | None:
     """The variant on the branch to compare APIs with: the same name, else one of the same backend."""
     if variant in on_branch:
         return variant
-    from kernels.variants import parse_variant
-
-    def backend(v: str) -> str | None:
-        try:
-            p = parse_variant(v)
-        except ValueError:
-            return None
-        return getattr(p.arch, "backend_name", None) or p.arch.backend.name
-
-    mine = backend(variant)
-    same = sorted(v for v in on_branch if backend(v) == mine)
+    mine = backend_name(variant)
+    same = sorted(v for v in on_branch if backend_name(v) == mine)
     return same[0] if same else None
 
 
