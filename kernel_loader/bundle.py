@@ -31,7 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cache import atomic_symlink, atomic_write, blobs_dir, refs_dir, variant_path
+from .cache import atomic_file, atomic_symlink, atomic_write, blobs_dir, refs_dir, variant_path
 from .cachestate import record_trust, repo_lock, trust_record
 from .env import env_bytes
 from .errors import KernelUnavailable
@@ -93,21 +93,13 @@ def export_bundle(lock: LockFile, out: str | Path, *, variants: list[str] | None
     manifest = {"format": FORMAT, "kernels.lock": lock_text, "kernels.lock.digests": digests_text,
                 "trust": {e.repo_id: sorted(trust_record(e.repo_id)) for e, _, _ in rows},
                 "variants": {e.repo_id: sorted(n for e2, n, _ in rows if e2 is e) for e, _, _ in rows}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-            for entry, name, path in rows:
-                files = ["metadata.json", *sorted(entry.variants[name].files)]
-                for rel in files:
-                    data = (path / rel).read_bytes()
-                    _add_bytes(tar, f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/{rel}", data)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        for entry, name, path in rows:
+            files = ["metadata.json", *sorted(entry.variants[name].files)]
+            for rel in files:
+                data = (path / rel).read_bytes()
+                _add_bytes(tar, f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/{rel}", data)
     return out
 
 

@@ -74,12 +74,14 @@ def state_path(kind: str, repo_id: str, suffix: str) -> Path:
     return Path(cache_dir()) / STATE_DIR / kind / (_folder_name(repo_id) + suffix)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file that replaces ``path`` when the block ends without an error (and is removed otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -87,6 +89,11 @@ def atomic_write(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_symlink(link: Path, target: str) -> None:

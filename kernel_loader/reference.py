@@ -22,9 +22,10 @@ def flash_visibility(sq: int, sk: int, *, causal: bool, window: tuple[int, int] 
     return allowed
 
 
-def attention_reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, scale=None):
+def attention_reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, scale=None, return_lse=False):
     """float64 attention with flash_attn semantics. q (B, Sq, Hq, D), k/v (B, Sk, Hk, D); causal aligned
-    bottom-right (query i sees keys j <= i + Sk - Sq); rows that see no key give 0."""
+    bottom-right (query i sees keys j <= i + Sk - Sq); rows that see no key give 0 (and lse -inf).
+    ``return_lse``: (out, lse (B, Hq, Sq)) instead of out."""
     import torch
 
     q, k, v = q.double(), k.double(), v.double()
@@ -37,5 +38,7 @@ def attention_reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, 
     if softcap:
         s = softcap * torch.tanh(s / softcap)
     s = s.masked_fill(~flash_visibility(sq, sk, causal=causal, window=window, device=q.device), float("-inf"))
-    p = torch.softmax(s, dim=-1).nan_to_num(0.0)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v)
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
+    out = torch.einsum("bhqk,bkhd->bqhd", p, v)
+    return (out, lse) if return_lse else out
