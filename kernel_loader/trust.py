@@ -10,9 +10,8 @@ is refused unless the allow-list names it.
 
 from __future__ import annotations
 
-import os
-
 from .cachestate import trust_record
+from .env import env_text
 from .errors import KernelUnavailable
 from .hub_client import hub_api, hub_endpoint
 from .spec import KernelSpec
@@ -20,7 +19,7 @@ from .spec import KernelSpec
 
 def allow_list(trust: str | list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
     if trust is None:
-        trust = os.environ.get("KERNEL_LOADER_TRUST", "")
+        trust = env_text("KERNEL_LOADER_TRUST") or ""
     if isinstance(trust, str):
         trust = trust.split(",")
     entries = tuple(t.strip() for t in trust if t and t.strip())
