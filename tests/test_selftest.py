@@ -192,7 +192,12 @@ def test_package_load_runs_the_selftest(published_flash_attn2):
     clear_cache()
     k = kernel_loader.load(published_flash_attn2, selftest=True, strict=True)
     assert k.ok and k.variant and k.module is not None
-    summary = st_check._passed[str(k.path.resolve())]
-    assert summary.startswith(f"selftest passed for {k.variant}") and "6/6 cases pass" in summary, summary
+    assert str(k.path.resolve()) in st_check._passed  # load ran it (a variant folder is tested once)
+    summary = st_check.check_loaded(k.module, k.path, "cpu")  # that run's summary, not a new run
+    assert summary.startswith(f"selftest passed for {k.variant}"), summary
+    import re
+
+    passed = re.search(r"(\d+)/(\d+) cases pass", summary)
+    assert passed and passed.group(1) == passed.group(2) and int(passed.group(1)) >= 5, summary
     clear_cache()
 
