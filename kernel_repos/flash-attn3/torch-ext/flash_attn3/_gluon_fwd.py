@@ -82,8 +82,9 @@ def _pass_turn(pp_bars, WG: gl.constexpr, PINGPONG: gl.constexpr):
 
 @gluon.jit
 def _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, need_mask,
-             HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
-    """Online-softmax step on raw scores s_acc: -> p (unnormalised, base 2), alpha, new row max, new row sum.
+             p_layout: gl.constexpr, dtype: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+    """Online-softmax step on raw scores s_acc: -> p (unnormalised, base 2, as the A operand of P@V), alpha, new
+    row max, new row sum.
     The row max is kept in scaled (base-2) units so p = exp2(s * scale - m) is one FMA and one exp2."""
     s = s_acc
     if need_mask:
@@ -100,7 +101,8 @@ def _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_sc
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_use, 1))
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
-    return p, alpha, m_new, l_i
+    # Converted here, not at the next GEMM: 16-bit P in the A-operand layout is half the registers of fp32 P.
+    return gl.convert_layout(p.to(dtype), p_layout), alpha, m_new, l_i
 
 
 @gluon.jit
@@ -113,6 +115,58 @@ def _needs_mask(n0, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT: gl.constex
     if HAS_LEFT:
         need = need | (n0 < r_hi - 1 + off - left)
     return need
+
+
+@gluon.jit
+def _unmasked_tiles(n_lo, n_tiles, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT: gl.constexpr,
+                    HAS_RIGHT: gl.constexpr, BLOCK_N: gl.constexpr):
+    """Tiles [t_a, t_b) of this warpgroup's rows need no mask; 1 <= t_a <= t_b <= n_tiles (tile 0 is checked
+    on its own)."""
+    t_a = 1
+    if HAS_LEFT:
+        t_a = gl.maximum(gl.cdiv(r_hi - 1 + off - left - n_lo, BLOCK_N), 1)
+    t_a = gl.minimum(t_a, n_tiles)
+    lim = seqlen_k
+    if HAS_RIGHT:
+        lim = gl.minimum(r_lo + off + right + 1, seqlen_k)
+    t_b = gl.maximum(lim - n_lo, 0) // BLOCK_N
+    t_b = gl.minimum(gl.maximum(t_b, t_a), n_tiles)
+    return t_a, t_b
+
+
+@gluon.jit
+def _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bars, n_lo, rows, cols0,
+          seqlen_k, off, left, right, qk_scale, s_zero, p_layout: gl.constexpr, orow: gl.constexpr,
+          WG: gl.constexpr, MASK: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
+          HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PINGPONG: gl.constexpr, OVERLAP: gl.constexpr):
+    """Scores of tile j and P@V of tile j-1 in one turn; tile j's softmax under the running P@V (OVERLAP).
+    Straight-line code from the GEMM issue to the last wait: a branch there makes ptxas wait for the wgmma."""
+    s = j % STAGES
+    sp = (j - 1) % STAGES
+    n0 = n_lo + j * BLOCK_N
+    _take_turn(pp_bars, j, WG, PINGPONG)
+    mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
+    s_tok = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
+    o_tok = warpgroup_mma(p, v_smem.index(sp), o, is_async=True)
+    _pass_turn(pp_bars, WG, PINGPONG)
+    p_prev = p
+    if OVERLAP:
+        s_acc = warpgroup_mma_wait(1, deps=(s_tok, ))
+        mbarrier.arrive(k_empty.index(s), count=1)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, MASK,
+                                      p_layout, q.dtype, HAS_LEFT, HAS_RIGHT)
+        o = warpgroup_mma_wait(0, deps=(o_tok, p_prev))[0]
+    else:
+        s_acc, o, p_prev = warpgroup_mma_wait(0, deps=(s_tok, o_tok, p))
+        mbarrier.arrive(k_empty.index(s), count=1)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, MASK,
+                                      p_layout, q.dtype, HAS_LEFT, HAS_RIGHT)
+    o = o * gl.expand_dims(gl.convert_layout(alpha, orow), 1)
+    # Released after the rescale: an arrive (a warpgroup bar.sync) right after the wait lets ptxas hoist the
+    # wait above the softmax, which serializes it behind P@V.
+    mbarrier.arrive(v_empty.index(sp), count=1)
+    return o, m_i, l_i, p
 
 
 @gluon.jit
@@ -142,7 +196,8 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
     mbarrier.wait(q_bar, 0)
     q = q_smem.index(WG)
     if n_tiles > 0:
-        # Tile 0: scores only; its P@V goes out with tile 1's scores.
+        # Tile 0: scores only; its P@V goes out with tile 1's scores. Nothing is in flight during its softmax,
+        # so its mask is a runtime branch.
         _take_turn(pp_bars, 0, WG, PINGPONG)
         mbarrier.wait(k_ready.index(0), 0)
         s_tok = warpgroup_mma(q, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
@@ -151,42 +206,30 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
         mbarrier.arrive(k_empty.index(0), count=1)
         need = _needs_mask(n_lo, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_N)
         p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale,
-                                      need, HAS_LEFT, HAS_RIGHT)
-        for j in range(1, n_tiles):
-            s = j % STAGES
-            sp = (j - 1) % STAGES
-            n0 = n_lo + j * BLOCK_N
-            _take_turn(pp_bars, j, WG, PINGPONG)
-            mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
-            s_tok = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-            mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
-            p_op = gl.convert_layout(p.to(dtype), p_layout)
-            o_tok = warpgroup_mma(p_op, v_smem.index(sp), o, is_async=True)
-            _pass_turn(pp_bars, WG, PINGPONG)
-            if OVERLAP:
-                # Wait for the scores only; P@V keeps running under this tile's softmax.
-                s_acc = warpgroup_mma_wait(1, deps=(s_tok, ))
-                mbarrier.arrive(k_empty.index(s), count=1)
-                need = _needs_mask(n0, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_N)
-                p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right,
-                                              qk_scale, need, HAS_LEFT, HAS_RIGHT)
-                o, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
-                mbarrier.arrive(v_empty.index(sp), count=1)
-            else:
-                s_acc, o, p_op = warpgroup_mma_wait(0, deps=(s_tok, o_tok, p_op))
-                mbarrier.arrive(k_empty.index(s), count=1)
-                mbarrier.arrive(v_empty.index(sp), count=1)
-                need = _needs_mask(n0, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_N)
-                p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right,
-                                              qk_scale, need, HAS_LEFT, HAS_RIGHT)
-            o = o * gl.expand_dims(gl.convert_layout(alpha, orow), 1)
+                                      need, p_layout, dtype, HAS_LEFT, HAS_RIGHT)
+        t_a, t_b = _unmasked_tiles(n_lo, n_tiles, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT,
+                                   BLOCK_N)
+        for j in range(1, t_a):
+            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
+                                   p_layout, orow, WG, True, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
+                                   OVERLAP)
+        for j in range(t_a, t_b):
+            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
+                                   p_layout, orow, WG, False, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
+                                   OVERLAP)
+        for j in range(t_b, n_tiles):
+            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
+                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
+                                   p_layout, orow, WG, True, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
+                                   OVERLAP)
         last = (n_tiles - 1) % STAGES
         _take_turn(pp_bars, n_tiles, WG, PINGPONG)
         mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-        o_tok = warpgroup_mma(p_op, v_smem.index(last), o, is_async=True)
+        o_tok = warpgroup_mma(p, v_smem.index(last), o, is_async=True)
         _pass_turn(pp_bars, WG, PINGPONG)
-        o, p_op = warpgroup_mma_wait(0, deps=(o_tok, p_op))
+        o = warpgroup_mma_wait(0, deps=(o_tok, p))[0]
         mbarrier.arrive(v_empty.index(last), count=1)
 
     empty = l_i == 0.0
