@@ -7,9 +7,15 @@ One CTA computes 2 x 64 query rows of one (batch, query head), in three partitio
   ``empty`` barrier when both consumers are done with it.
 - two consumer warpgroups (4 warps each, the registers the producer gave up): each owns 64 query rows and
   runs the online softmax over the same K/V tiles. Inside a consumer the P@V wgmma of tile j-1 is issued
-  asynchronously together with the Q@K^T of tile j, so tile j's softmax runs while the tensor cores work
-  (``OVERLAP``). Between the consumers, ``PINGPONG`` passes a turn through two mbarriers: one issues its GEMMs
-  while the other does its softmax, so the tensor cores always have one warpgroup's GEMMs to run.
+  asynchronously together with the Q@K^T of tile j and waited for after tile j's softmax (``OVERLAP``).
+  Between the consumers, ``PINGPONG`` passes a turn through two mbarriers: one issues its GEMMs while the other
+  does its softmax, so the tensor cores always have one warpgroup's GEMMs to run.
+
+What the SASS shows (ptxas 12.8, the one Triton 3.6 ships): with P in one register set, ptxas reuses the
+registers the running P@V reads for the next P and so moves the P@V wait up to the start of the softmax: the
+softmax of a warpgroup then overlaps the *other* warpgroup's GEMMs (ping-pong) but not its own P@V. ``UNROLL=2``
+alternates two P register sets and gets the overlap in SASS, at 600 bytes of spills for 128-key tiles (none for
+64-key tiles). The GPU ablations decide; see benchmarks/gpu_gluon.py.
 
 Semantics are flash_attn's (as in _triton_fwd.py): causal and windows aligned bottom-right, rows that see no
 key give out 0 and lse -inf, softmax in base 2 with the scale folded into one FMA, lse returned in natural log.
@@ -81,15 +87,16 @@ def _pass_turn(pp_bars, WG: gl.constexpr, PINGPONG: gl.constexpr):
 
 
 @gluon.jit
-def _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, need_mask,
-             p_layout: gl.constexpr, dtype: gl.constexpr, HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
-    """Online-softmax step on raw scores s_acc: -> p (unnormalised, base 2, as the A operand of P@V), alpha, new
-    row max, new row sum.
+def _softmax(s_acc, m_i, l_i, n0, r_lo, seqlen_k, off, left, right, qk_scale, need_mask,
+             HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr):
+    """Online-softmax step on raw scores s_acc: -> p (unnormalised, base 2, fp32), alpha, new row max, new row sum.
     The row max is kept in scaled (base-2) units so p = exp2(s * scale - m) is one FMA and one exp2."""
     s = s_acc
     if need_mask:
-        cols = gl.expand_dims(n0 + cols0, 0)
-        r = gl.expand_dims(rows, 1)
+        # Indices made here, not kept live across the loop (a register per column per thread otherwise).
+        layout: gl.constexpr = s.type.layout
+        cols = gl.expand_dims(n0 + gl.arange(0, s.shape[1], layout=gl.SliceLayout(0, layout)), 0)
+        r = gl.expand_dims(r_lo + gl.arange(0, s.shape[0], layout=gl.SliceLayout(1, layout)), 1)
         ok = (cols < seqlen_k) & (r >= 0)
         if HAS_LEFT:
             ok = ok & (cols >= r + off - left)
@@ -101,8 +108,7 @@ def _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_sc
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_use, 1))
     alpha = gl.exp2(m_i - m_use)
     l_i = l_i * alpha + gl.sum(p, 1)
-    # Converted here, not at the next GEMM: 16-bit P in the A-operand layout is half the registers of fp32 P.
-    return gl.convert_layout(p.to(dtype), p_layout), alpha, m_new, l_i
+    return p, alpha, m_new, l_i
 
 
 @gluon.jit
@@ -135,11 +141,14 @@ def _unmasked_tiles(n_lo, n_tiles, r_lo, r_hi, seqlen_k, off, left, right, HAS_L
 
 
 @gluon.jit
-def _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bars, n_lo, rows, cols0,
+def _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty, pp_bars, n_lo, r_lo,
           seqlen_k, off, left, right, qk_scale, s_zero, p_layout: gl.constexpr, orow: gl.constexpr,
           WG: gl.constexpr, MASK: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
           HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PINGPONG: gl.constexpr, OVERLAP: gl.constexpr):
     """Scores of tile j and P@V of tile j-1 in one turn; tile j's softmax under the running P@V (OVERLAP).
+
+    O is rescaled by the previous tile's alpha between the two GEMM issues (as FA3 does), not right after the
+    P@V wait: work that depends on the wait at the end of the body makes ptxas hoist the wait above the softmax.
     Straight-line code from the GEMM issue to the last wait: a branch there makes ptxas wait for the wgmma."""
     s = j % STAGES
     sp = (j - 1) % STAGES
@@ -147,33 +156,34 @@ def _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_emp
     _take_turn(pp_bars, j, WG, PINGPONG)
     mbarrier.wait(k_ready.index(s), (j // STAGES) & 1)
     s_tok = warpgroup_mma(q, k_smem.index(s).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    o = o * gl.expand_dims(gl.convert_layout(alpha, orow), 1)
     mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p, v_smem.index(sp), o, is_async=True)
     _pass_turn(pp_bars, WG, PINGPONG)
-    p_prev = p
+    # V of tile j-2 (its P@V was waited for in the previous tile) is released here, not right after that wait:
+    # an arrive behind the wait lets ptxas hoist the wait and the arrive above the softmax.
+    mbarrier.arrive(v_empty.index((j + STAGES - 2) % STAGES), count=1, pred=j >= 2)
     if OVERLAP:
         s_acc = warpgroup_mma_wait(1, deps=(s_tok, ))
         mbarrier.arrive(k_empty.index(s), count=1)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, MASK,
-                                      p_layout, q.dtype, HAS_LEFT, HAS_RIGHT)
-        o = warpgroup_mma_wait(0, deps=(o_tok, p_prev))[0]
+        p_new, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, r_lo, seqlen_k, off, left, right, qk_scale,
+                                          MASK, HAS_LEFT, HAS_RIGHT)
+        o = warpgroup_mma_wait(0, deps=(o_tok, p))[0]
     else:
-        s_acc, o, p_prev = warpgroup_mma_wait(0, deps=(s_tok, o_tok, p))
+        s_acc, o, p = warpgroup_mma_wait(0, deps=(s_tok, o_tok, p))
         mbarrier.arrive(k_empty.index(s), count=1)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, rows, cols0, seqlen_k, off, left, right, qk_scale, MASK,
-                                      p_layout, q.dtype, HAS_LEFT, HAS_RIGHT)
-    o = o * gl.expand_dims(gl.convert_layout(alpha, orow), 1)
-    # Released after the rescale: an arrive (a warpgroup bar.sync) right after the wait lets ptxas hoist the
-    # wait above the softmax, which serializes it behind P@V.
-    mbarrier.arrive(v_empty.index(sp), count=1)
-    return o, m_i, l_i, p
+        p_new, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, r_lo, seqlen_k, off, left, right, qk_scale,
+                                          MASK, HAS_LEFT, HAS_RIGHT)
+    # The 16-bit A operand of the next P@V is written only now: its registers may be the ones the running P@V reads.
+    p = gl.convert_layout(p_new.to(q.dtype), p_layout)
+    return o, m_i, l_i, p, alpha
 
 
 @gluon.jit
-def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
-              pp_bars, m0, seqlen_q, seqlen_k, n_lo, n_tiles, left, right, qk_scale, o_off, stride_om, lse_off,
-              HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LEFT: gl.constexpr,
-              HAS_RIGHT: gl.constexpr, PINGPONG: gl.constexpr, OVERLAP: gl.constexpr):
+def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready,
+              v_empty, pp_bars, m0, seqlen_q, seqlen_k, n_lo, n_tiles, left, right, qk_scale, o_off, stride_om,
+              lse_off, HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, HAS_LEFT: gl.constexpr,
+              HAS_RIGHT: gl.constexpr, PINGPONG: gl.constexpr, OVERLAP: gl.constexpr, UNROLL: gl.constexpr):
     dtype: gl.constexpr = q_smem.dtype
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -186,8 +196,6 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
     off = seqlen_k - seqlen_q
     r_lo = m0 + WG * BLOCK_M
     r_hi = r_lo + BLOCK_M
-    rows = r_lo + gl.arange(0, BLOCK_M, layout=srow)
-    cols0 = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     o = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, srow)
@@ -205,30 +213,43 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
         s_acc = warpgroup_mma_wait(0, deps=(s_tok, ))
         mbarrier.arrive(k_empty.index(0), count=1)
         need = _needs_mask(n_lo, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_N)
-        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale,
-                                      need, p_layout, dtype, HAS_LEFT, HAS_RIGHT)
+        p, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n_lo, r_lo, seqlen_k, off, left, right, qk_scale,
+                                      need, HAS_LEFT, HAS_RIGHT)
+        p = gl.convert_layout(p.to(dtype), p_layout)
         t_a, t_b = _unmasked_tiles(n_lo, n_tiles, r_lo, r_hi, seqlen_k, off, left, right, HAS_LEFT, HAS_RIGHT,
                                    BLOCK_N)
         for j in range(1, t_a):
-            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
-                                   p_layout, orow, WG, True, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
-                                   OVERLAP)
-        for j in range(t_a, t_b):
-            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
-                                   p_layout, orow, WG, False, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
-                                   OVERLAP)
+            o, m_i, l_i, p, alpha = _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty,
+                                          v_ready, v_empty, pp_bars, n_lo, r_lo, seqlen_k, off, left,
+                                          right, qk_scale, s_zero, p_layout, orow, WG, True, BLOCK_N, STAGES,
+                                          HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)
+        # UNROLL: two tiles per trip, so P alternates between two register sets and the softmax may write the next
+        # P while the running P@V still reads the previous one. With one set ptxas reuses the in-flight P
+        # registers and so waits for P@V before the softmax (no overlap); two sets overlap but spill at 240 regs.
+        t_run = t_a + (t_b - t_a) % UNROLL
+        for j in range(t_a, t_run):
+            o, m_i, l_i, p, alpha = _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty,
+                                          v_ready, v_empty, pp_bars, n_lo, r_lo, seqlen_k, off, left,
+                                          right, qk_scale, s_zero, p_layout, orow, WG, False, BLOCK_N, STAGES,
+                                          HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)
+        for j0 in range(t_run, t_b, UNROLL):
+            for u in gl.static_range(UNROLL):
+                o, m_i, l_i, p, alpha = _tile(j0 + u, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty,
+                                              v_ready, v_empty, pp_bars, n_lo, r_lo, seqlen_k, off, left,
+                                              right, qk_scale, s_zero, p_layout, orow, WG, False, BLOCK_N, STAGES,
+                                              HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)
         for j in range(t_b, n_tiles):
-            o, m_i, l_i, p = _tile(j, o, m_i, l_i, p, q, k_smem, v_smem, k_ready, k_empty, v_ready, v_empty,
-                                   pp_bars, n_lo, rows, cols0, seqlen_k, off, left, right, qk_scale, s_zero,
-                                   p_layout, orow, WG, True, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG,
-                                   OVERLAP)
+            o, m_i, l_i, p, alpha = _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty,
+                                          v_ready, v_empty, pp_bars, n_lo, r_lo, seqlen_k, off, left,
+                                          right, qk_scale, s_zero, p_layout, orow, WG, True, BLOCK_N, STAGES,
+                                          HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)
         last = (n_tiles - 1) % STAGES
         _take_turn(pp_bars, n_tiles, WG, PINGPONG)
+        o = o * gl.expand_dims(gl.convert_layout(alpha, orow), 1)
         mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p, v_smem.index(last), o, is_async=True)
         _pass_turn(pp_bars, WG, PINGPONG)
+        mbarrier.arrive(v_empty.index((n_tiles + STAGES - 2) % STAGES), count=1, pred=n_tiles >= 2)
         o = warpgroup_mma_wait(0, deps=(o_tok, p))[0]
         mbarrier.arrive(v_empty.index(last), count=1)
 
@@ -240,6 +261,7 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
     ocols = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
     o_ptrs = (o_ptr + o_off + gl.expand_dims(orows.to(gl.int64) * stride_om, 1) + gl.expand_dims(ocols, 0))
     gl.store(o_ptrs, out.to(dtype), mask=gl.expand_dims(orows < seqlen_q, 1) & gl.expand_dims(ocols >= 0, 0))
+    rows = r_lo + gl.arange(0, BLOCK_M, layout=srow)
     gl.store(lse_ptr + lse_off + rows, lse, mask=rows < seqlen_q)
 
 
@@ -248,7 +270,8 @@ def attn_fwd_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, seqlen_k, 
                     stride_ob, stride_om, stride_oh, stride_lb, stride_lh, qk_scale, left, right,
                     HEAD_DIM: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                     HAS_LEFT: gl.constexpr, HAS_RIGHT: gl.constexpr, PINGPONG: gl.constexpr,
-                    OVERLAP: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr):
+                    OVERLAP: gl.constexpr, UNROLL: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                    PRODUCER_REGS: gl.constexpr):
     # Heaviest query blocks first (causal: the last rows see the most keys), which shortens the tail.
     pid_m = gl.num_programs(0) - 1 - gl.program_id(0)
     pid_bh = gl.program_id(1)
@@ -286,10 +309,10 @@ def attn_fwd_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, seqlen_k, 
     gl.warp_specialize([
         (_consumer, (0, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                      pp_bars, m0, seqlen_q, seqlen_k, n_lo, n_tiles, left, right, qk_scale, o_off, stride_om,
-                     lse_off, HEAD_DIM, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)),
+                     lse_off, HEAD_DIM, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP, UNROLL)),
         (_consumer, (1, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                      pp_bars, m0, seqlen_q, seqlen_k, n_lo, n_tiles, left, right, qk_scale, o_off, stride_om,
-                     lse_off, HEAD_DIM, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP)),
+                     lse_off, HEAD_DIM, BLOCK_N, STAGES, HAS_LEFT, HAS_RIGHT, PINGPONG, OVERLAP, UNROLL)),
         (_producer, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, k_ready, k_empty, v_ready, v_empty,
                      q_row, h * HEAD_DIM, k_row, h_kv * HEAD_DIM, n_tiles, BLOCK_N, STAGES)),
     ], [4, 1], [CONSUMER_REGS, PRODUCER_REGS])

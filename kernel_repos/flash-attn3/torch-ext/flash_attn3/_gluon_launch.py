@@ -30,6 +30,7 @@ class FwdConfig:
     has_right: bool = False
     pingpong: bool = True
     overlap: bool = True
+    unroll: int = 1  # unmasked tiles per loop trip (2: P in two register sets; see _gluon_fwd._consumer)
     consumer_regs: int = 240
     producer_regs: int = 24
     maxnreg: int = MAXNREG
@@ -37,12 +38,12 @@ class FwdConfig:
     @property
     def name(self) -> str:
         flags = ("L" if self.has_left else "") + ("R" if self.has_right else "")
-        extra = ("" if self.pingpong else "-nopp") + ("" if self.overlap else "-noovl")
+        extra = ("" if self.pingpong else "-nopp") + ("" if self.overlap else "-noovl") + (f"-u{self.unroll}" if self.unroll > 1 else "")
         return f"d{self.head_dim}-{self.dtype}-n{self.block_n}-s{self.stages}{'-' + flags if flags else ''}{extra}"
 
     def constexprs(self) -> dict:
         return dict(HEAD_DIM=self.head_dim, BLOCK_N=self.block_n, STAGES=self.stages, HAS_LEFT=self.has_left,
-                    HAS_RIGHT=self.has_right, PINGPONG=self.pingpong, OVERLAP=self.overlap,
+                    HAS_RIGHT=self.has_right, PINGPONG=self.pingpong, OVERLAP=self.overlap, UNROLL=self.unroll,
                     CONSUMER_REGS=self.consumer_regs, PRODUCER_REGS=self.producer_regs)
 
 
