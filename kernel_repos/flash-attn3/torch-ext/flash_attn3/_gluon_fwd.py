@@ -160,9 +160,11 @@ def _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty, v_ready
     mbarrier.wait(v_ready.index(sp), ((j - 1) // STAGES) & 1)
     o_tok = warpgroup_mma(p, v_smem.index(sp), o, is_async=True)
     _pass_turn(pp_bars, WG, PINGPONG)
-    # V of tile j-2 (its P@V was waited for in the previous tile) is released here, not right after that wait:
-    # an arrive behind the wait lets ptxas hoist the wait and the arrive above the softmax.
-    mbarrier.arrive(v_empty.index((j + STAGES - 2) % STAGES), count=1, pred=j >= 2)
+    if STAGES >= 2:
+        # V of tile j-2 (its P@V was waited for in the previous tile) is released here, not right after that wait:
+        # an arrive behind the wait lets ptxas hoist the wait and the arrive above the softmax. With one stage the
+        # producer needs that slot for V of tile j-1, which this tile waits for: release at once (below).
+        mbarrier.arrive(v_empty.index((j + STAGES - 2) % STAGES), count=1, pred=j >= 2)
     if OVERLAP:
         s_acc = warpgroup_mma_wait(1, deps=(s_tok, ))
         mbarrier.arrive(k_empty.index(s), count=1)
@@ -174,6 +176,8 @@ def _tile(j, o, m_i, l_i, p, alpha, q, k_smem, v_smem, k_ready, k_empty, v_ready
         mbarrier.arrive(k_empty.index(s), count=1)
         p_new, alpha, m_i, l_i = _softmax(s_acc, m_i, l_i, n0, r_lo, seqlen_k, off, left, right, qk_scale,
                                           MASK, HAS_LEFT, HAS_RIGHT)
+    if STAGES == 1:
+        mbarrier.arrive(v_empty.index(sp), count=1)
     # The 16-bit A operand of the next P@V is written only now: its registers may be the ones the running P@V reads.
     p = gl.convert_layout(p_new.to(q.dtype), p_layout)
     return o, m_i, l_i, p, alpha
@@ -249,7 +253,8 @@ def _consumer(WG: gl.constexpr, o_ptr, lse_ptr, q_smem, k_smem, v_smem, q_bar, k
         mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
         o_tok = warpgroup_mma(p, v_smem.index(last), o, is_async=True)
         _pass_turn(pp_bars, WG, PINGPONG)
-        mbarrier.arrive(v_empty.index((n_tiles + STAGES - 2) % STAGES), count=1, pred=n_tiles >= 2)
+        if STAGES >= 2:
+            mbarrier.arrive(v_empty.index((n_tiles + STAGES - 2) % STAGES), count=1, pred=n_tiles >= 2)
         o = warpgroup_mma_wait(0, deps=(o_tok, p))[0]
         mbarrier.arrive(v_empty.index(last), count=1)
 
