@@ -99,9 +99,18 @@ def inspect_cubin(k, cfg, cubin_dir: Path) -> dict:
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", pv)
     setmax = sorted({(kind, int(n)) for kind, n in re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)",
                                                               k.asm["ptx"])})
-    # the waits for P@V: a 'LE gsb0, 0x1' followed at once by 'LE gsb0, 0x0' means the softmax did not overlap it
-    waits = re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x(\d)", sass)
-    back_to_back = sum(1 for a, b in zip(waits, waits[1:]) if a == "1" and b == "0")
+    # The softmax under P@V: exp2 (MUFU.EX2) count between each 'wait for the scores' (DEPBAR.LE gsb0, 0x1) and
+    # the next 'wait for P@V' (0x0). 0 means ptxas moved the P@V wait above the softmax: no intra-warpgroup overlap.
+    under_pv, window = [], None
+    for ins in re.findall(r"(WARPGROUP\.DEPBAR\.LE gsb0, 0x\d|MUFU\.EX2)", sass):
+        if ins.endswith("0x1"):
+            window = 0
+        elif ins.endswith("0x0"):
+            if window is not None:
+                under_pv.append(window)
+            window = None
+        elif window is not None:
+            window += 1
     return {
         "launch_regs": int(m.group(1)) if m else None, "stack": int(m.group(2)) if m else None,
         "local": int(m.group(4)) if m else None, "shared_bytes": k.metadata.shared,
@@ -111,7 +120,7 @@ def inspect_cubin(k, cfg, cubin_dir: Path) -> dict:
         "num_warps_total": k.metadata.num_warps,
         "sass": {"HGMMA": sass.count("HGMMA."), "UTMALDG": sass.count("UTMALDG"),
                  "USETMAXREG": len(re.findall(r"USETMAXREG", sass)), "STL": sass.count(" STL"),
-                 "LDL": sass.count(" LDL"), "wait1_then_wait0": back_to_back},
+                 "LDL": sass.count(" LDL"), "ex2_between_score_wait_and_pv_wait": under_pv},
     }
 
 
@@ -130,7 +139,8 @@ def compile_all(results: dict):
                   and row["sass"]["USETMAXREG"] > 0)
             row["hopper_ok"] = ok
             log(f"compile {cfg.name:34s} ok  smem {row['shared_bytes']:6d}  spill {row['spill_stores']}  "
-                f"HGMMA {row['sass']['HGMMA']} UTMALDG {row['sass']['UTMALDG']} setmaxnreg {row['setmaxnreg']}")
+                f"HGMMA {row['sass']['HGMMA']} UTMALDG {row['sass']['UTMALDG']} setmaxnreg {row['setmaxnreg']} "
+                f"ex2 under P@V {row['sass']['ex2_between_score_wait_and_pv_wait']}")
         except Exception as e:
             row.update(ok=False, error=err_text(e), compile_s=round(time.time() - t, 2))
             log(f"compile {cfg.name:34s} FAILED {row['error']}")
