@@ -11,11 +11,13 @@ One CTA computes 2 x 64 query rows of one (batch, query head), in three partitio
   Between the consumers, ``PINGPONG`` passes a turn through two mbarriers: one issues its GEMMs while the other
   does its softmax, so the tensor cores always have one warpgroup's GEMMs to run.
 
-What the SASS shows (ptxas 12.8, the one Triton 3.6 ships): with P in one register set, ptxas reuses the
-registers the running P@V reads for the next P and so moves the P@V wait up to the start of the softmax: the
-softmax of a warpgroup then overlaps the *other* warpgroup's GEMMs (ping-pong) but not its own P@V. ``UNROLL=2``
-alternates two P register sets and gets the overlap in SASS, at 600 bytes of spills for 128-key tiles (none for
-64-key tiles). The GPU ablations decide; see benchmarks/gpu_gluon.py.
+What the SASS shows (ptxas 12.8, the one Triton 3.6 ships; gpu_gluon.py --dry-run counts it per config): ptxas
+moves the P@V wait (wgmma.wait_group 0) up to the start of the softmax, so a warpgroup's softmax overlaps the
+*other* warpgroup's GEMMs (ping-pong) but not its own P@V: 0 exp2 between the score wait and the P@V wait. Tried:
+deferring the O rescale and the V release past the wait (kept: harmless, FA3's order), P through shared memory
+(same hoisting), a P@V wait deferred into the next tile (ptxas then serializes every wgmma, C7514), a predicated
+wait (same). ``UNROLL=2`` (two P register sets) is the one form with the softmax under P@V in SASS (54-66 of
+the 66 exp2 of a tile), at 600 bytes of spills with 128-key tiles; the GPU ablations decide.
 
 Semantics are flash_attn's (as in _triton_fwd.py): causal and windows aligned bottom-right, rows that see no
 key give out 0 and lse -inf, softmax in base 2 with the scale folded into one FMA, lse returned in natural log.
