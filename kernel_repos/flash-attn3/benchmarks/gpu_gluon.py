@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "torch-ext"))
+os.environ.pop("TRITON_INTERPRET", None)  # Gluon kernels do not run under Triton's interpreter
 
 import torch  # noqa: E402
 
