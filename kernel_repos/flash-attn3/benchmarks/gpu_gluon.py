@@ -12,7 +12,8 @@
    FlexAttention and the Triton tl flash-attn3 kernel (anchors in the same run); sliding window 16k / W 4096
    causal; ablations (no ping-pong, no softmax/P@V overlap, both off, 1 and 3 stages, 64-key tiles).
 
-Writes $OUT/gpu_gluon.json, $OUT/gpu_gluon.log and the sm_90a cubins under $OUT/cubins; prints a short table last.
+Writes $OUT/gpu_gluon.json, $OUT/gpu_gluon.log and the dispatch configs' sm_90a cubins under $OUT/cubins;
+prints a short table last.
 ``--dry-run``: step 1 only (runs on a machine without a GPU).
 """
 
@@ -84,8 +85,8 @@ def _nvidia_bin(tool: str) -> str:
     return str(Path(nv.__file__).parent / "bin" / tool)
 
 
-def inspect_cubin(k, cfg, cubin_dir: Path) -> dict:
-    """Resources and the Hopper instructions of one compiled kernel."""
+def inspect_cubin(k, cfg, cubin_dir: Path, keep: bool = True) -> dict:
+    """Resources and the Hopper instructions of one compiled kernel (its cubin stays in cubin_dir if keep)."""
     name = cfg.name
     cubin = cubin_dir / f"{name}.cubin"
     cubin.write_bytes(k.asm["cubin"])
@@ -96,6 +97,8 @@ def inspect_cubin(k, cfg, cubin_dir: Path) -> dict:
     pv = subprocess.run([_nvidia_bin("ptxas"), "-v", "--gpu-name", "sm_90a", "-maxrregcount", str(cfg.maxnreg),
                          str(ptx), "-o", os.devnull], capture_output=True, text=True).stderr
     ptx.unlink()
+    if not keep:
+        cubin.unlink()
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", pv)
     setmax = sorted({(kind, int(n)) for kind, n in re.findall(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)",
@@ -131,7 +134,8 @@ def _compile_one(role, cfg, cubin_dir: Path) -> dict:
     row = {"config": cfg.name, "role": role, **asdict(cfg)}
     try:
         k = L.compile_for_target(cfg, 90)
-        row.update(ok=True, compile_s=round(time.time() - t, 2), **inspect_cubin(k, cfg, cubin_dir))
+        row.update(ok=True, compile_s=round(time.time() - t, 2),
+                   **inspect_cubin(k, cfg, cubin_dir, keep=role == "dispatch"))
         row["hopper_ok"] = (row["spill_stores"] == 0 and row["sass"]["HGMMA"] > 0 and row["sass"]["UTMALDG"] > 0
                             and row["sass"]["USETMAXREG"] > 0)
     except Exception as e:
