@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from . import _checks, _custom_ops, _kvcache
+from . import _checks, _custom_ops, _gluon_op, _kvcache
 
 try:
     from ._ops import ops
@@ -22,6 +22,8 @@ SUPPORTED = {
 # No compiled ops in this package: the custom ops run Triton on CUDA tensors (and, for tests, on CPU tensors
 # under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton).
 _OPS = _custom_ops.register(__name__, None, hopper_tiles=True)
+# Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py).
+_DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd)
 
 
 def _device_ok(who: str, q: torch.Tensor):
@@ -61,7 +63,7 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descal
     _checks.dense(who, q, k, v, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _OPS.fwd(q, k, v, scale, bool(causal), left, right, softcap)
+    out, lse = _DENSE_FWD(q, k, v, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
 
