@@ -50,7 +50,7 @@ for s in $steps; do
     attention) step attention 150 python3 scripts/bench_attention_followup.py --out "$WORK/attention" --deadline 130 --skip-e2e ;;
     decode) step decode 110 python3 scripts/bench_decode.py --out "$WORK/decode" --quick --budget-s 80 ;;
     gluon) [ -f kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ] && \
-             step gluon 150 python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py --out "$WORK/gluon" ;;
+             step gluon 330 env OUT="$WORK/gluon" python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ;;
     model) [ -f scripts/bench_model.py ] && step model 200 python3 scripts/bench_model.py --device cuda --variants .gpu/variants --out "$WORK/model" ;;
     *) echo "unknown step '$s' (valid: env check attention decode gluon model)"; exit 2 ;;
   esac
