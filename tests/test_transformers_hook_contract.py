@@ -1,0 +1,172 @@
+"""The hook is installed by contract (the seams exist), not by version number; doctor reports its state; bad calls
+get clear errors. Runs on whichever transformers is first on sys.path (the matrix runs it on each release)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from kernel_loader import transformers_seams as seams  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _hook():
+    try:
+        from kernel_loader.integrations import transformers as hook
+    except ImportError:
+        from kernel_loader import transformers_hook as hook
+    return hook
+
+
+@pytest.fixture
+def clean_hook():
+    hook = _hook()
+    was = hook.is_enabled()
+    hook.disable()
+    yield hook
+    hook.disable()
+    if was:
+        hook.enable()
+
+
+def test_the_matrix_runs_the_tested_window():
+    path = ROOT / "scripts" / "test_transformers_matrix"
+    matrix = importlib.util.module_from_spec(importlib.util.spec_from_loader("matrix", loader=None))
+    matrix.__file__ = str(path)
+    exec(compile(path.read_text(), str(path), "exec"), matrix.__dict__)
+    assert tuple(matrix.VERSIONS) == seams.TESTED_TRANSFORMERS
+    assert all((ROOT / f).exists() for f in matrix.FILES), matrix.FILES
+
+
+def test_installed_release_has_the_seams():
+    status = seams.status(enabled=False)
+    assert status.installable and status.tested, status
+    by_name = {s.name: s for s in status.seams}
+    assert all(s.present for s in status.seams if s.required), status.seams
+    refusal = "refuses flash-named" in by_name["PreTrainedModel._check_and_adjust_attn_implementation"].detail
+    source = Path(transformers.modeling_utils.__file__).read_text()
+    assert refusal == ("does not support Flash Attention yet" in source)
+
+
+def test_newer_release_installs_with_one_warning(clean_hook, monkeypatch):
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.31.0")
+    with pytest.warns(UserWarning, match=r"5\.31\.0 is newer .*5\.22\.2, 5\.23\.0, 5\.24\.0.*installed"):
+        clean_hook.enable()
+    assert clean_hook.is_enabled()
+
+
+@pytest.mark.parametrize("version", ["5.21.3", "4.57.0"])
+def test_older_release_is_refused(clean_hook, monkeypatch, version):
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
+    with pytest.raises(seams.UnsupportedTransformersVersion, match=f"{version} predates 5.22"):
+        clean_hook.enable()
+    assert not clean_hook.is_enabled()
+
+
+def test_missing_seam_is_named(clean_hook, monkeypatch):
+    from transformers.integrations import hub_kernels
+
+    def load_and_register_attn_kernel(name):  # a future signature without attn_implementation
+        return None
+
+    monkeypatch.setattr(hub_kernels, "load_and_register_attn_kernel", load_and_register_attn_kernel)
+    with pytest.raises(seams.UnsupportedTransformersVersion,
+                       match=r"load_and_register_attn_kernel: parameters \(name\)"):
+        clean_hook.enable()
+
+
+def test_doctor_reports_the_hook_state():
+    proc = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "doctor", "--json"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+    if proc.returncode != 0 and "unrecognized arguments: --json" in proc.stderr:
+        proc = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "doctor"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "transformers_hook" in proc.stdout and transformers.__version__ in proc.stdout, proc.stdout
+        return
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    hook = info["transformers_hook"]
+    assert hook["transformers"] == transformers.__version__ and hook["installable"] is True, hook
+
+
+# ------------------------------------------------------------------ bad calls reach a clear error
+
+
+@pytest.fixture
+def flash_attention(published_flash_attn2):
+    from kernel_loader import api
+
+    api.clear_cache()
+    loaded = api.load(published_flash_attn2, strict=True)
+    assert loaded.fallback is None
+    return loaded
+
+
+class _Layer(torch.nn.Module):
+    is_causal = True
+    layer_idx = 0
+
+
+@pytest.mark.slow
+def test_unknown_argument_is_an_error_naming_it(flash_attention):
+    q = torch.randn(1, 4, 6, 32)
+    k = torch.randn(1, 2, 6, 32)
+    with pytest.raises(TypeError, match=r"_Layer passed attention_temperature=float"):
+        flash_attention.attention(_Layer(), q, k, k, None, scaling=0.2, attention_temperature=0.5)
+
+
+@pytest.mark.slow
+def test_per_layer_lengths_without_cache_are_an_error(flash_attention):
+    q = torch.randn(1, 4, 6, 32)
+    k = torch.randn(1, 2, 6, 32)
+    kw = dict(cu_seq_lens_q=torch.tensor([0, 6], dtype=torch.int32), max_length_q=6,
+              cu_seq_lens_k={"full_attention": torch.tensor([0, 6], dtype=torch.int32)},
+              max_length_k={"full_attention": 6})
+    with pytest.raises(TypeError, match="per-layer-type dict"):
+        flash_attention.attention(_Layer(), q, k, k, None, scaling=0.2, **kw)
+
+
+@pytest.mark.slow
+def test_bias_and_sinks_go_to_the_reference_with_one_warning(flash_attention):
+    from kernel_loader.attention_call import reference_attention
+
+    g = torch.Generator().manual_seed(5)
+    q = torch.randn(2, 4, 6, 32, generator=g)
+    k = torch.randn(2, 2, 6, 32, generator=g)
+    v = torch.randn(2, 2, 6, 32, generator=g)
+    sinks = torch.randn(4, generator=g)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            out, _ = flash_attention.attention(_Layer(), q, k, v, None, scaling=0.2, s_aux=sinks)
+    named = [str(w.message) for w in caught if "s_aux" in str(w.message)]
+    assert len(named) == 1, [str(w.message) for w in caught]
+    want = reference_attention(q, k, v, scale=0.2, causal=True, sinks=sinks)
+    torch.testing.assert_close(out, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_packed_fallback_masks_per_sequence(flash_attention):
+    """A packed call the kernel cannot take (output_attentions) still keeps the sequences apart."""
+    from kernel_loader.attention_call import packed_reference
+
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(1, 4, 9, 32, generator=g)
+    k = torch.randn(1, 2, 9, 32, generator=g)
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    with pytest.warns(UserWarning, match="output_attentions"):
+        out, _ = flash_attention.attention(_Layer(), q, k, k, None, scaling=0.2, output_attentions=True,
+                                           cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=5, max_length_k=5)
+    want = packed_reference(q, k, k, cu, cu, scale=0.2, causal=True)
+    torch.testing.assert_close(out, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
