@@ -12,11 +12,13 @@ import hashlib
 import re
 from pathlib import Path
 
+from . import _kernels
+from .spec import is_commit
+
 MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
 MAX_PATH_CHARS = 512
 _ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 def safe_relpath(name: object, *, what: str) -> str:
@@ -37,7 +39,7 @@ def safe_relpath(name: object, *, what: str) -> str:
 
 
 def check_commit(value: object, *, what: str) -> str:
-    if not isinstance(value, str) or not _COMMIT_RE.match(value):
+    if not is_commit(value):
         raise ValueError(f"{what}: commit {value!r} is not 40 lowercase hex digits")
     return value
 
@@ -58,13 +60,11 @@ def check_digest_files(files: object, *, what: str) -> dict[str, str]:
 def check_metadata(raw: bytes, *, where: str):
     """Parse a variant's metadata.json as the `kernels` library does, then refuse what we cannot use safely:
     a build id that is not a plain module name (it becomes ``sys.modules[id]``) and digest paths that leave the
-    variant folder. Returns ``kernels._rust.Metadata``."""
-    from kernels._rust import Metadata
-
+    variant folder. Returns the `kernels` library's ``Metadata``."""
     if len(raw) > MAX_METADATA_BYTES:
         raise ValueError(f"{where}: metadata.json is {len(raw)} bytes; at most {MAX_METADATA_BYTES} are accepted")
     try:
-        meta = Metadata.from_bytes(raw)
+        meta = _kernels.Metadata.from_bytes(raw)
     except (ValueError, OverflowError, TypeError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ValueError(f"{where}: metadata.json is invalid ({first})") from None

@@ -13,16 +13,17 @@ read. Every failure raises :class:`KernelUnavailable` with a one-line reason.
 from __future__ import annotations
 
 import json
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .fallback import KernelUnavailable
-from .spec import KernelSpec
+from . import _kernels
+from .cache import cache_dir, read_ref, refs_dir, snapshot_build, variant_path
+from .cachestate import cached_listing, listing_ttl
+from .errors import KernelUnavailable
+from .hub_client import HubUnreachable, hub_api, hub_call, hub_endpoint, hub_offline, metadata_file
+from .spec import KernelSpec, branch_of_version, is_commit, version_branches, version_of_branch
 from .system import SystemInfo
-
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+from .variants import parse_variants
 
 
 @dataclass(frozen=True)
@@ -50,39 +51,6 @@ class Resolution:
         return "have: " + ("; ".join(parts) if parts else "no variants at all")
 
 
-def cache_dir() -> str:
-    """Where kernels live: KERNELS_CACHE if set (as the `kernels` client does), else the HF hub cache."""
-    from huggingface_hub import constants
-
-    return os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
-
-
-def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def hub_api():
-    from huggingface_hub import HfApi
-
-    from . import __version__
-
-    return HfApi(library_name="kernel-loader", library_version=__version__)
-
-
-def repo_cache_path(repo_id: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return Path(cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="kernel")
-
-
 def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None) -> Resolution:
     """Resolve ``spec`` on ``system``; online unless offline mode is on or the Hub is unreachable."""
     if offline is None:
@@ -91,54 +59,9 @@ def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None
         return _resolve_cached(spec, system, why="HF_HUB_OFFLINE is set")
     try:
         return _resolve_online(spec, system)
-    except _HubUnreachable as e:
+    except HubUnreachable as e:
         # A cluster node that lost the Hub still runs what it already has.
         return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
-
-
-class _HubUnreachable(Exception):
-    pass
-
-
-def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
-    """Run one Hub request, turning the Hub's errors into one-line reasons."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        return fn(*args, **kwargs)
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403, 404):  # mirrors answer a bare 404 for both a missing repo and a missing revision
-            raise KernelUnavailable(_not_found_reason(spec), stage="resolve")
-        if status is None or status >= 500 or status == 429:
-            raise _HubUnreachable(f"HTTP {status}")
-        raise KernelUnavailable(f"Hub request for {spec.repo_id} failed: {str(e).splitlines()[0]}", stage="resolve")
-    except OSError as e:
-        import socket
-
-        # A local filesystem error (disk full, file too large, read-only or unwritable cache) is not the Hub's:
-        # name it, or the user is sent looking for a network problem.
-        if e.errno is not None and not isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise KernelUnavailable(f"{spec.repo_id}: cache write failed in {cache_dir()}: "
-                                    f"{e.strerror or e}{where}", stage="fetch")
-        # connection refused, DNS, timeouts, or a size mismatch after a cut transfer
-        first = str(e).splitlines()[0][:120] if str(e) else ""
-        raise _HubUnreachable(f"{type(e).__name__}: {first}" if first else type(e).__name__)
-    except Exception as e:
-        if type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3"):
-            raise _HubUnreachable(type(e).__name__)
-        raise
-
-
-def _not_found_reason(spec: KernelSpec) -> str:
-    """Tell a missing repo from a missing revision by asking for the repo's refs."""
-    try:
-        refs = hub_api().list_repo_refs(spec.repo_id, repo_type="kernel")
-    except Exception:
-        return f"repo {spec.repo_id} not found on {hub_endpoint()} (or not accessible with this token)"
-    names = sorted(b.name for b in refs.branches) + sorted(t.name for t in refs.tags)
-    return f"revision {spec.revision!r} not found in {spec.repo_id}; have: {', '.join(names) or 'no refs'}"
 
 
 def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:
@@ -149,85 +72,73 @@ def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]
     if want not in versions:
         have = ", ".join(f"v{v}" for v in sorted(versions))
         raise KernelUnavailable(f"{spec.repo_id} has no version v{want}; have: {have}", stage="resolve")
-    return f"v{want}", versions[want]
+    return branch_of_version(want), versions[want]
+
+
+def pin_revision(spec: KernelSpec, api, *, ttl: float | None = None) -> tuple[str, str]:
+    """(revision, commit) the Hub gives for ``spec``: the asked-for or newest ``vN`` branch, a tag or branch, or
+    a commit as is. Listings are cached on disk for ``ttl`` seconds (default ``KERNEL_LOADER_LISTING_TTL``) so
+    that N ranks starting together ask the Hub once; what comes back from the cache file is validated like a Hub
+    answer."""
+    ttl = listing_ttl() if ttl is None else ttl
+    if spec.revision is None or spec.version is not None:
+        def list_versions():
+            refs = hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
+            found = version_branches((b.name, b.target_commit) for b in refs.branches)
+            return {str(n): c for n, c in found.items()}
+
+        raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=ttl) if ttl else list_versions()
+        if not _valid_versions(raw):
+            raw = list_versions()
+        return _pick_version(spec, {int(k): v for k, v in raw.items()})
+    if is_commit(spec.revision):
+        return spec.revision, spec.revision
+    revision = spec.revision
+
+    def revision_commit():
+        return hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision).sha
+
+    commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=ttl) if ttl else revision_commit()
+    if not is_commit(commit):
+        commit = revision_commit()
+    return revision, commit
+
+
+def list_variants(spec: KernelSpec, api, commit: str) -> list[str]:
+    """The variant names of ``commit`` (a commit's tree never changes: the listing is cached for good)."""
+    from kernels.variants import get_variants
+
+    def listing():
+        return sorted(v.variant_str for v in hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit))
+
+    names = cached_listing(spec.repo_id, f"variants@{commit}", listing)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        names = listing()
+    return names
 
 
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
-    from kernels.variants import get_variants
-
-    from .cachestate import cached_listing, listing_ttl
-
     api = hub_api()
-    # Listings are cached on disk (refs for a short TTL, a commit's variants for good) so that N ranks starting
-    # together ask the Hub once; what comes back from the cache file is validated like a Hub answer.
-    if spec.revision is None or spec.version is not None:
-        def list_versions():
-            refs = _hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
-            return {m.group(1): b.target_commit for b in refs.branches
-                    if (m := re.fullmatch(r"v([1-9][0-9]{0,5})", b.name)) and _COMMIT_RE.match(b.target_commit or "")}
-
-        raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=listing_ttl())
-        if not _valid_versions(raw):
-            raw = list_versions()
-        revision, commit = _pick_version(spec, {int(k): v for k, v in raw.items()})
-    elif _COMMIT_RE.match(spec.revision):
-        revision = commit = spec.revision
-    else:
-        revision = spec.revision
-        def revision_commit():
-            return _hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision).sha
-
-        commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=listing_ttl())
-        if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
-            commit = revision_commit()
-
-    def list_variants():
-        return sorted(v.variant_str for v in _hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit))
-
-    names = cached_listing(spec.repo_id, f"variants@{commit}", list_variants)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        names = list_variants()
-    variants = _parse_variants(names)
+    revision, commit = pin_revision(spec, api)
+    variants = parse_variants(list_variants(spec, api, commit))
     resolution = _decide(spec, revision, commit, variants, offline=False)
     return _check_archs(spec, resolution, system, api=api)
 
 
 def _valid_versions(raw) -> bool:
     return isinstance(raw, dict) and all(
-        isinstance(k, str) and re.fullmatch(r"[1-9][0-9]{0,5}", k) and isinstance(v, str) and _COMMIT_RE.match(v)
-        for k, v in raw.items())
-
-
-def _parse_variants(names: list[str]) -> list:
-    """Variant objects for listed names; names that are not variants (or not safe folder names) are skipped,
-    as kernels' own get_variants does."""
-    from kernels.variants import parse_variant
-
-    out = []
-    for n in names:
-        if "/" in n or n in ("", ".", "..") or any(ord(c) < 32 for c in n):
-            continue
-        try:
-            out.append(parse_variant(n))
-        except Exception:
-            continue
-    return out
+        isinstance(k, str) and version_of_branch(f"v{k}") is not None and is_commit(v) for k, v in raw.items())
 
 
 def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
-    refs = repo_cache_path(spec.repo_id) / "refs"
-    if spec.revision is not None and _COMMIT_RE.match(spec.revision):
+    if spec.revision is not None and is_commit(spec.revision):
         return spec.revision, spec.revision
     if spec.revision is not None and spec.version is None:
-        ref = refs / spec.revision
-        commit = ref.read_text().strip() if ref.is_file() else ""
-        return (spec.revision, commit) if _COMMIT_RE.match(commit) else None
-    versions = {}
-    if refs.is_dir():
-        for p in refs.iterdir():
-            m = re.fullmatch(r"v([1-9][0-9]*)", p.name)
-            if m and p.is_file() and _COMMIT_RE.match(commit := p.read_text().strip()):
-                versions[int(m.group(1))] = commit
+        commit = read_ref(spec.repo_id, spec.revision) or ""
+        return (spec.revision, commit) if is_commit(commit) else None
+    refs = refs_dir(spec.repo_id)
+    versions = version_branches((p.name, p.read_text().strip()) for p in refs.iterdir()
+                                if p.is_file() and version_of_branch(p.name)) if refs.is_dir() else {}
     if not versions:
         return None
     return _pick_version(spec, versions)
@@ -243,7 +154,7 @@ def _resolve_cached(spec: KernelSpec, system: SystemInfo, *, why: str) -> Resolu
             stage="resolve",
         )
     revision, commit = found
-    build = repo_cache_path(spec.repo_id) / "snapshots" / commit / "build"
+    build = snapshot_build(spec.repo_id, commit)
     # Only variants whose metadata.json was fully downloaded count as cached.
     variants = [v for v in get_variants_local(build) if (build / v.variant_str / "metadata.json").is_file()]
     resolution = _decide(spec, revision, commit, variants, offline=True)
@@ -272,10 +183,9 @@ def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: 
 def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tuple[str, list[str] | None]:
     """(backend type, declared archs) from the variant's metadata.json (downloaded alone; it is tiny)."""
     if api is None:
-        path = repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / variant / "metadata.json"
+        path = variant_path(res.repo_id, res.commit, variant) / "metadata.json"
     else:
-        path = Path(_hub_call(spec, api.hf_hub_download, res.repo_id, f"build/{variant}/metadata.json",
-                              repo_type="kernel", revision=res.commit, cache_dir=cache_dir()))
+        path = Path(metadata_file(spec, api, res.commit, variant))
     try:
         meta = json.loads(path.read_text())
         backend = meta["backend"]
@@ -286,8 +196,6 @@ def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tup
 
 def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) -> Resolution:
     """Reject accepted CUDA variants whose declared archs exclude this GPU; keep the first that fits."""
-    from kernels.archs import _supports_cuda_capability
-
     if res.variant is None or system.gpu_capability is None:
         return res
     major, minor = (int(x) for x in system.gpu_capability.split("."))
@@ -296,7 +204,7 @@ def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) 
         if not d.accepted:
             continue
         backend, archs = _metadata_archs(spec, res, d.variant, api)
-        if backend == "cuda" and archs and not _supports_cuda_capability(archs, (major, minor)):
+        if backend == "cuda" and archs and not _kernels.supports_cuda_capability(archs, (major, minor)):
             trace[i] = VariantDecision(
                 d.variant, False, f"GPU capability {system.gpu_capability} not in the build's archs {','.join(archs)}")
             continue

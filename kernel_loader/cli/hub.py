@@ -1,0 +1,30 @@
+"""``kernel-loader hub serve``: the embedded local Hub (olah serving a folder of git repos)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+def add_commands(sub) -> None:
+    h = sub.add_parser("hub", help="the embedded local Hub (olah serving a folder of git repos)")
+    hsub = h.add_subparsers(dest="hub_command", metavar="ACTION", required=True)
+    serve = hsub.add_parser("serve", help="serve --root on 127.0.0.1 until Ctrl-C; prints the HF_ENDPOINT to export")
+    serve.add_argument("--root", required=True, type=Path, help="folder with kernels/<org>/<name> git repos")
+    serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    serve.set_defaults(func=run_serve)
+
+
+def _announce(hub) -> None:
+    print(f"Serving {hub.root} (olah pid {hub.pid}, log {hub.log_path})", flush=True)
+    print(f"export HF_ENDPOINT={hub.endpoint}", flush=True)
+
+
+def run_serve(args) -> int:
+    from ..hub import serve_forever
+
+    stopped_by_itself = serve_forever(args.root, args.port, on_ready=_announce)
+    if stopped_by_itself:
+        print(stopped_by_itself, file=sys.stderr)
+        return 1
+    return 0
