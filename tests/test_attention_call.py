@@ -1,4 +1,4 @@
-"""kernel_loader.attention_call: the argument contract of one attention call and the reference math of the floor.
+"""kernel_loader.adapters.call: the argument contract of one attention call and the reference math of the floor.
 
 The reference math is checked against float64 eager attention built here from the definitions (scores, additive
 bias, sinks as an extra logit column, bottom-right causal, windows) on fresh random inputs."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_loader.attention_call import (UnknownAttentionArguments, normalize_paged, packed_reference,
+from kernel_loader.adapters.call import (UnknownAttentionArguments, normalize_paged, packed_reference,
                                           reference_attention, score_modifiers)
 
 

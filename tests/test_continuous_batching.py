@@ -26,16 +26,14 @@ PROMPT_LENGTHS = (5, 16, 37, 1, 23)
 
 
 def _hook():
-    try:
-        from kernel_loader.integrations import transformers as hook
-    except ImportError:
-        from kernel_loader import transformers_hook as hook
+    from kernel_loader.integrations import transformers as hook
+
     return hook
 
 
 @pytest.fixture(scope="module")
 def paged_repo(local_hub, session_env_trust, tmp_path_factory):
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     out = tmp_path_factory.mktemp("paged-attention")
     build_noarch(ROOT / "kernel_repos" / "paged-attention", out, "cpu")

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..reference import flash_visibility
+
 # Keyword arguments the adapters consume or that never change the attention output.
 HANDLED = frozenset({
     "dropout", "scaling", "sliding_window", "softcap", "is_causal", "output_attentions",
@@ -131,27 +133,12 @@ def normalize_paged(label: str, module, key, value, kwargs: dict):
 
 # ---------------------------------------------------------------------------------------------- reference math
 
-def visibility(sq: int, sk: int, *, causal: bool, window: tuple[int, int] = (-1, -1), device=None) -> torch.Tensor:
-    """(sq, sk) bool: which keys each query sees under flash-attn rules (bottom-right aligned causal and window;
-    -1 = unbounded side)."""
-    i = torch.arange(sq, device=device)[:, None] + (sk - sq)
-    j = torch.arange(sk, device=device)[None, :]
-    allowed = torch.ones(sq, sk, dtype=torch.bool, device=device)
-    if causal:
-        allowed &= j <= i
-    if window[0] >= 0:
-        allowed &= j >= i - window[0]
-    if window[1] >= 0:
-        allowed &= j <= i + window[1]
-    return allowed
-
-
 def reference_attention(q, k, v, *, scale: float, causal: bool, window=(-1, -1), softcap: float = 0.0,
                         key_padding=None, bias=None, sinks=None) -> torch.Tensor:
     """Flash-attn semantics in plain torch, (B, H, S, D) in and out: bottom-right causal and windows, ``key_padding``
     (B, Sk) real tokens, softcap, an additive ``bias`` and per-head ``sinks``. Rows that see no key give 0, as the
     flash kernels do. SDPA does the work when there is no softcap and no sinks; eager math otherwise."""
-    allowed = visibility(q.shape[-2], k.shape[-2], causal=causal, window=window, device=q.device)[None, None]
+    allowed = flash_visibility(q.shape[-2], k.shape[-2], causal=causal, window=window, device=q.device)[None, None]
     if key_padding is not None:
         allowed = allowed & key_padding.bool()[:, None, None, :]
     empty = ~allowed.any(-1, keepdim=True)
