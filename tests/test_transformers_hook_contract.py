@@ -15,16 +15,14 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from kernel_loader import transformers_seams as seams  # noqa: E402
+from kernel_loader.integrations import transformers_seams as seams  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hook():
-    try:
-        from kernel_loader.integrations import transformers as hook
-    except ImportError:
-        from kernel_loader import transformers_hook as hook
+    from kernel_loader.integrations import transformers as hook
+
     return hook
 
 
@@ -86,18 +84,12 @@ def test_missing_seam_is_named(clean_hook, monkeypatch):
 
 
 def test_doctor_reports_the_hook_state():
-    proc = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "doctor", "--json"], capture_output=True,
-                          text=True, cwd=ROOT, timeout=120)
-    if proc.returncode != 0 and "unrecognized arguments: --json" in proc.stderr:
-        proc = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "doctor"], capture_output=True,
-                              text=True, cwd=ROOT, timeout=120)
-        assert proc.returncode == 0, proc.stderr
-        assert "transformers_hook" in proc.stdout and transformers.__version__ in proc.stdout, proc.stdout
-        return
+    code = "import sys; from kernel_loader.cli import main; sys.exit(main(['doctor', '--json']))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)
-    hook = info["transformers_hook"]
+    hook = json.loads(proc.stdout)["transformers_hook"]
     assert hook["transformers"] == transformers.__version__ and hook["installable"] is True, hook
+    assert hook["seams"]["hub_kernels.load_and_register_attn_kernel"] is True, hook
 
 
 # ------------------------------------------------------------------ bad calls reach a clear error
@@ -139,7 +131,7 @@ def test_per_layer_lengths_without_cache_are_an_error(flash_attention):
 
 @pytest.mark.slow
 def test_bias_and_sinks_go_to_the_reference_with_one_warning(flash_attention):
-    from kernel_loader.attention_call import reference_attention
+    from kernel_loader.adapters.call import reference_attention
 
     g = torch.Generator().manual_seed(5)
     q = torch.randn(2, 4, 6, 32, generator=g)
@@ -159,7 +151,7 @@ def test_bias_and_sinks_go_to_the_reference_with_one_warning(flash_attention):
 @pytest.mark.slow
 def test_packed_fallback_masks_per_sequence(flash_attention):
     """A packed call the kernel cannot take (output_attentions) still keeps the sequences apart."""
-    from kernel_loader.attention_call import packed_reference
+    from kernel_loader.adapters.call import packed_reference
 
     g = torch.Generator().manual_seed(6)
     q = torch.randn(1, 4, 9, 32, generator=g)

@@ -64,10 +64,8 @@ def enabled():
 
 
 def _hook():
-    try:
-        from kernel_loader.integrations import transformers as hook
-    except ImportError:
-        from kernel_loader import transformers_hook as hook
+    from kernel_loader.integrations import transformers as hook
+
     return hook
 
 
