@@ -20,7 +20,7 @@ from .errors import KernelUnavailable
 from .fetch import fetch
 from .hub_client import hub_api, hub_offline, metadata_file
 from .lockfile import LockedKernel, read_lock
-from .resolve import Resolution, list_variants, pin_revision, resolve
+from .resolve import Resolution, list_variants, other_versions_with_a_variant, pin_revision, resolve
 from .spec import KernelSpec
 from .system import detect
 from .trust import check_offline_commit, check_trust
@@ -96,8 +96,13 @@ def _resolutions(spec: KernelSpec, offline: bool, entry: LockedKernel | None,
     if entry is not None:
         res.revision = entry.ref  # recorded as refs/vN -> commit, so the locked version also resolves offline
     if res.variant is None:
-        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; {res.summary()}",
-                                stage="resolve")
+        hint = ""
+        if spec.version is not None and entry is None:  # a pinned @vN: name the versions that do have a build
+            others = other_versions_with_a_variant(spec, system)
+            hint = "".join(f"; v{n} has {variant}" for n, variant in others)
+            hint += f": use @v{others[0][0]}" if others else ""
+        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; "
+                                f"{res.summary()}{hint}", stage="resolve")
     if entry is not None and entry.variants and res.variant not in entry.variants:
         raise KernelUnavailable(f"variant {res.variant} of {spec.repo_id} is not in the lock file (locked: "
                                 f"{', '.join(sorted(entry.variants))}); re-run `kernel-loader lock`", stage="resolve")

@@ -117,6 +117,28 @@ def list_variants(spec: KernelSpec, api, commit: str) -> list[str]:
     return names
 
 
+def other_versions_with_a_variant(spec: KernelSpec, system: SystemInfo) -> list[tuple[int, str]]:
+    """(N, variant) for every other ``vN`` branch of the repo that has a variant for ``system``, newest first: what
+    to suggest when the pinned version has none. Empty offline or when the Hub cannot be asked."""
+    if hub_offline():
+        return []
+    api = hub_api()
+    try:
+        refs = hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
+        found = version_branches((b.name, b.target_commit) for b in refs.branches)
+        out = []
+        for n, commit in sorted(found.items(), reverse=True):
+            if n == spec.version:
+                continue
+            res = _decide(spec, branch_of_version(n), commit, parse_variants(list_variants(spec, api, commit)),
+                          offline=False)
+            if res.variant is not None:
+                out.append((n, res.variant))
+        return out
+    except (HubUnreachable, KernelUnavailable):
+        return []
+
+
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
     api = hub_api()
     revision, commit = pin_revision(spec, api)

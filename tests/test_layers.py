@@ -23,7 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kernel_loader"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("L0 bottom", ("_version", "errors", "env", "_kernels", "spec", "variants", "reference", "cache", "hub_client",
                    "system", "offline_mode")),
-    ("L1 checks and cache state", ("integrity", "cachestate", "trust", "lockfile", "selftest", "selftest.cases")),
+    ("L1 checks and cache state", ("integrity", "cachestate", "trust", "lockfile", "selftest", "selftest.cases",
+                                    "metadata_checks")),
     ("L2 resolve, fetch, import", ("resolve", "fetch", "importer")),
     ("L3 pipeline", ("pipeline",)),
     ("L4 load and its users", ("fallback", "adapters", "adapters.*", "selftest.check", "api", "lock", "bundle",
