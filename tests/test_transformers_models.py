@@ -258,7 +258,10 @@ def test_model_from_pretrained_matches_reference(enabled, flash_repo, tmp_path, 
         model = auto.from_pretrained(path, attn_implementation=_attn(case, flash_repo)).eval()
         ref = auto.from_pretrained(path, attn_implementation=_attn(case, case.reference)).eval()
         _compare(case, model, ref, flash_repo)
-    ours = [str(w.message) for w in caught if str(w.message).startswith("kernel_loader:")]
+    from kernel_loader.metadata_checks import DirtyBuildWarning  # a session build of an edited tree says so
+
+    ours = [str(w.message) for w in caught if str(w.message).startswith("kernel_loader:")
+            and not issubclass(w.category, DirtyBuildWarning)]
     if case.kernel_runs:
         assert not ours, ours
     else:
