@@ -67,8 +67,12 @@ def test_newer_release_installs_with_one_warning(clean_hook, monkeypatch):
 def test_older_release_is_refused(clean_hook, monkeypatch, version):
     monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
     with pytest.raises(seams.UnsupportedTransformersVersion, match=f"{version} predates 5.22"):
-        clean_hook.enable()
+        clean_hook.enable(strict=True)
     assert not clean_hook.is_enabled()
+    monkeypatch.delenv("KERNEL_LOADER_STRICT", raising=False)
+    with pytest.warns(UserWarning, match=f"hook not installed: transformers {version} predates 5.22") as caught:
+        clean_hook.enable()
+    assert not clean_hook.is_enabled() and len(caught) == 1 and "\n" not in str(caught[0].message)
 
 
 def test_missing_seam_is_named(clean_hook, monkeypatch):
@@ -80,7 +84,8 @@ def test_missing_seam_is_named(clean_hook, monkeypatch):
     monkeypatch.setattr(hub_kernels, "load_and_register_attn_kernel", load_and_register_attn_kernel)
     with pytest.raises(seams.UnsupportedTransformersVersion,
                        match=r"load_and_register_attn_kernel: parameters \(name\)"):
-        clean_hook.enable()
+        clean_hook.enable(strict=True)
+    assert not clean_hook.is_enabled()
 
 
 def test_doctor_reports_the_hook_state():

@@ -73,7 +73,8 @@ attention updates the paged cache itself, see ``adapters.adapt_paged``); anythin
 Version policy: by contract, not version number (:mod:`.transformers_seams`). The hook installs on every release
 >= 5.22 whose required seams exist (the function above with its ``attn_implementation`` parameter, and
 ``_lazy_imports`` reaching it by name); a release newer than the tested window (``TESTED_TRANSFORMERS``) gets it
-with one warning naming the window; a missing seam raises :class:`UnsupportedTransformersVersion` naming it.
+with one warning naming the window; a missing seam (or a release before 5.22) leaves transformers unhooked with one
+warning naming it, or raises :class:`UnsupportedTransformersVersion` when strict.
 ``enable()`` also wraps ``PreTrainedModel._check_and_adjust_attn_implementation`` (a model that declares no flash
 support gets sdpa with the reason instead of a flash-format kernel, and never 5.24's ValueError) and
 ``set_attn_implementation`` (hub-kernel strings inside a sub-config dict are loaded first). The per-release
@@ -92,6 +93,8 @@ from typing import Any
 from .. import registry
 from ..adapters import is_paged_module
 from ..api import LoadedKernel, load
+from ..errors import KernelFallbackWarning
+from ..fallback import is_strict
 from ..spec import PAGED_PREFIX
 from . import transformers_seams as seams
 from .transformers_seams import TESTED_TRANSFORMERS, UnsupportedTransformersVersion  # noqa: F401
@@ -193,7 +196,14 @@ def enable(*, strict: bool | None = None, force: bool = False) -> None:
                 f"kernel_loader.enable() needs transformers >= 5.22 (tested: {seams.tested_window()}): "
                 "pip install 'transformers>=5.22'"
             ) from e
-        version, newer = seams.check_installable()
+        try:
+            version, newer = seams.check_installable()
+        except UnsupportedTransformersVersion as e:
+            if is_strict(strict):
+                raise
+            # Not hooked: hub-kernel strings get transformers' own behaviour; say so once, in one line.
+            warnings.warn(f"kernel_loader: transformers hook not installed: {e}", KernelFallbackWarning, stacklevel=3)
+            return
         if newer and newer not in _warned_versions:
             _warned_versions.add(newer)
             warnings.warn(newer, UserWarning, stacklevel=3)
