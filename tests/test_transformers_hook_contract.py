@@ -167,3 +167,41 @@ def test_packed_fallback_masks_per_sequence(flash_attention):
                                            cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=5, max_length_k=5)
     want = packed_reference(q, k, k, cu, cu, scale=0.2, causal=True)
     torch.testing.assert_close(out, want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_block_table_decode_path_appends_and_attends(flash_attention):
+    """Continuous batching's decode fast path (transformers enables it for flash-named kernels on CUDA/XPU): one new
+    token per sequence, the paged cache and block table as 5.24's ``cache.update`` leaves them in the kwargs. Run
+    here on the CPU kernel's flash_attn_with_kvcache with the same arguments, against the reference."""
+    from kernel_loader.adapters.call import reference_attention
+
+    g = torch.Generator().manual_seed(7)
+    page, pages, hk, hq, d = 4, 16, 2, 4, 32
+    past = [5, 1, 8]
+    k_cache = torch.randn(pages, page, hk, d, generator=g)
+    v_cache = torch.randn(pages, page, hk, d, generator=g)
+    tables = torch.tensor([[3, 9, 0], [7, 0, 0], [12, 2, 5]], dtype=torch.int32)
+    q = torch.randn(1, hq, 3, d, generator=g)
+    k_new = torch.randn(1, hk, 3, d, generator=g)
+    v_new = torch.randn(1, hk, 3, d, generator=g)
+    lens = torch.tensor([p + 1 for p in past])
+    kw = dict(cu_seq_lens_q=torch.arange(4, dtype=torch.int32), max_length_q=1, max_length_k=1,
+              cu_seq_lens_k=torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32),
+              block_table=tables, k_cache=k_cache, v_cache=v_cache, read_index=[], write_index=[], is_causal=True)
+
+    def gathered(cache, i, n):
+        slots = [int(tables[i, j // page]) * page + j % page for j in range(n)]
+        return cache.reshape(pages * page, hk, d)[slots].transpose(0, 1)[None]
+
+    before_k = [gathered(k_cache, i, past[i]) for i in range(3)]
+    before_v = [gathered(v_cache, i, past[i]) for i in range(3)]
+    out, _ = flash_attention.attention(_Layer(), q, k_new, v_new, None, scaling=0.2, **kw)
+    assert out.shape == (1, 3, hq, d)
+    for i in range(3):
+        keys = torch.cat([before_k[i], k_new[:, :, i:i + 1]], 2)
+        vals = torch.cat([before_v[i], v_new[:, :, i:i + 1]], 2)
+        want = reference_attention(q[:, :, i:i + 1], keys, vals, scale=0.2, causal=True)
+        torch.testing.assert_close(out[:, i:i + 1], want.transpose(1, 2), atol=1e-5, rtol=1e-5)
+        # the kernel appended the new token to the cache, where the next step reads it
+        torch.testing.assert_close(gathered(k_cache, i, past[i] + 1)[:, :, -1], k_new[:, :, i])
