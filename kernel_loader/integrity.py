@@ -14,7 +14,6 @@ from pathlib import Path
 
 MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
 MAX_PATH_CHARS = 512
-_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 _B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
@@ -66,14 +65,19 @@ def check_metadata(raw: bytes, *, where: str):
     try:
         meta = Metadata.from_bytes(raw)
     except (ValueError, OverflowError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{where}: metadata.json is invalid ({first})") from None
-    if not _ID_RE.match(meta.id or ""):
-        raise ValueError(f"{where}: metadata.json id {meta.id!r} is not a Python module name "
-                         "(letters, digits and '_', e.g. '_flash_attn2_cpu_1a2b3c')")
+        raise ValueError(f"{where}: metadata.json is invalid ({one_line(e)})") from None
+    from .containment import check_build_id
+
+    check_build_id(meta.id, where=where)
     if meta.digest is not None:
         check_digest_files(dict(meta.digest.files), what=f"{where}: metadata.json")
     return meta
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's whole message on one line (the kernels parser spreads its rules over several lines)."""
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return text or type(e).__name__
 
 
 def sha256_b64(data: bytes) -> str:

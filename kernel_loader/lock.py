@@ -200,13 +200,14 @@ def render_lock(lock: LockFile) -> tuple[str, str]:
     for k in lock.kernels.values():
         version = KernelVersion.Version(k.version) if k.version is not None else KernelVersion.Revision(k.revision)
         locks[KernelDependency(repo_id=k.repo_id, version=version)] = KernelLock(commit=k.commit)
+    # Exactly what `kernels lock` writes: KernelLocks.to_json() with no trailing newline (tests compare bytes).
     text = KernelLocks(locks=locks).to_json() if locks else "[]"
     digests = {"format": DIGESTS_FORMAT, "kernels": {
         k.repo_id: {"commit": k.commit, "variants": {
             v.variant: {"algorithm": v.algorithm, "metadata.json": v.metadata_sha256, "files": v.files}
             for v in sorted(k.variants.values(), key=lambda v: v.variant)}}
         for k in sorted(lock.kernels.values(), key=lambda k: k.repo_id)}}
-    return text + "\n", json.dumps(digests, indent=2, sort_keys=True) + "\n"
+    return text, json.dumps(digests, indent=2, sort_keys=True) + "\n"
 
 
 def write_lock(lock: LockFile, path: str | Path) -> Path:
@@ -245,37 +246,42 @@ def project_dependencies(project_dir: str | Path) -> dict[str, int]:
 
 def lock_kernels(deps: dict[str, int], *, variants: list[str] | None = None, trust=None) -> LockFile:
     """Ask the Hub for the commit of each ``repo: version`` and the digests of every (or each chosen) variant."""
-    from kernels.variants import get_variants
-
+    from . import hubrepo
     from .cachestate import record_trust
+    from .containment import Limits
     from .fallback import KernelUnavailable
-    from .resolve import _hub_call, _pick_version, cache_dir, hub_api, hub_offline
+    from .resolve import _parse_variants, _pick_version, hub_offline, version_branches
     from .trust import check_trust
 
     if hub_offline():
         raise KernelUnavailable("locking needs the Hub, and HF_HUB_OFFLINE is set", stage="resolve")
-    api = hub_api()
+    limits = Limits.from_env()
     kernels: dict[str, LockedKernel] = {}
     for repo_id, version in sorted(deps.items()):
         spec = parse_spec(repo_id, version=version)
-        how = check_trust(spec, offline=False, trust=trust)
-        refs = _hub_call(spec, api.list_repo_refs, repo_id, repo_type="kernel")
-        versions = {int(b.name[1:]): b.target_commit for b in refs.branches
-                    if b.name[:1] == "v" and b.name[1:].isdigit() and b.name[1:2] != "0"}
-        _, commit = _pick_version(spec, versions)
-        have = sorted(v.variant_str for v in _hub_call(spec, get_variants, api, repo_id=repo_id, revision=commit))
-        chosen = have if not variants else [v for v in have if v in variants]
-        if not chosen:
-            raise ValueError(f"{repo_id}@v{version} has none of the variants {variants}; have: {', '.join(have)}")
-        locked = {}
-        for name in chosen:
-            raw = Path(_hub_call(spec, api.hf_hub_download, repo_id, f"build/{name}/metadata.json",
-                                 repo_type="kernel", revision=commit, cache_dir=cache_dir())).read_bytes()
-            meta = check_metadata(raw, where=f"{repo_id}@{commit[:12]} build/{name}")
-            if meta.digest is None or not str(meta.digest.algorithm).lower().endswith("256"):
-                raise KernelUnavailable(f"{repo_id} build/{name}/metadata.json has no sha256 digest; cannot lock "
-                                        "it", stage="verify")
-            locked[name] = LockedVariant(name, sha256_b64(raw), dict(meta.digest.files))
+        how = check_trust(spec, offline=False, trust=trust)  # before any other request to the Hub
+        try:
+            versions = version_branches(hubrepo.list_refs(spec))
+            _, commit = _pick_version(spec, {int(k): v for k, v in versions.items()})
+            found, _ = _parse_variants(hubrepo.list_variant_names(spec, f"v{version}", commit, limits),
+                                       where=f"{repo_id}@v{version}")
+            have = sorted(v.variant_str for v in found)
+            chosen = have if not variants else [v for v in have if v in variants]
+            if not chosen:
+                raise ValueError(f"{repo_id}@v{version} has none of the variants {variants}; have: "
+                                 f"{', '.join(have) or 'none'}")
+            locked = {}
+            for name in chosen:
+                raw, meta, _ = hubrepo.read_metadata(spec, commit, name, limits, stage="resolve")
+                if meta.digest is None or not str(meta.digest.algorithm).lower().endswith("256"):
+                    raise KernelUnavailable(f"{repo_id} build/{name}/metadata.json has no sha256 digest; cannot "
+                                            "lock it", stage="verify")
+                locked[name] = LockedVariant(name, sha256_b64(raw), dict(meta.digest.files))
+        except hubrepo.HubServerError as e:
+            raise KernelUnavailable(e.reason, stage="resolve") from None
+        except hubrepo.HubUnreachable as e:
+            raise KernelUnavailable(f"locking {repo_id} needs the Hub {hubrepo.hubio.endpoint()}, which is "
+                                    f"unreachable ({e})", stage="resolve") from None
         kernels[repo_id] = LockedKernel(repo_id, commit, version, None, locked)
         record_trust(repo_id, commit, how)
     return LockFile(kernels)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fallback import KernelUnavailable
+from .hubrepo import HubServerError, HubUnreachable
 from .spec import KernelSpec
 from .system import SystemInfo
 
@@ -93,11 +94,15 @@ def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None
         return _resolve_online(spec, system)
     except _HubUnreachable as e:
         # A cluster node that lost the Hub still runs what it already has.
-        return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
+        try:
+            return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
+        except KernelUnavailable:
+            if isinstance(e, HubServerError):  # the Hub answered: name its error, no offline advice
+                raise KernelUnavailable(e.reason, stage="resolve") from None
+            raise
 
 
-class _HubUnreachable(Exception):
-    pass
+_HubUnreachable = HubUnreachable  # the name fetch/lock used before hubrepo existed
 
 
 def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
@@ -132,13 +137,9 @@ def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
 
 
 def _not_found_reason(spec: KernelSpec) -> str:
-    """Tell a missing repo from a missing revision by asking for the repo's refs."""
-    try:
-        refs = hub_api().list_repo_refs(spec.repo_id, repo_type="kernel")
-    except Exception:
-        return f"repo {spec.repo_id} not found on {hub_endpoint()} (or not accessible with this token)"
-    names = sorted(b.name for b in refs.branches) + sorted(t.name for t in refs.tags)
-    return f"revision {spec.revision!r} not found in {spec.repo_id}; have: {', '.join(names) or 'no refs'}"
+    from .hubrepo import not_found_reason
+
+    return not_found_reason(spec, spec.revision)
 
 
 def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:
@@ -153,18 +154,15 @@ def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]
 
 
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
-    from kernels.variants import get_variants
-
+    from . import hubrepo
     from .cachestate import cached_listing, listing_ttl
+    from .containment import Limits
 
-    api = hub_api()
     # Listings are cached on disk (refs for a short TTL, a commit's variants for good) so that N ranks starting
     # together ask the Hub once; what comes back from the cache file is validated like a Hub answer.
     if spec.revision is None or spec.version is not None:
         def list_versions():
-            refs = _hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
-            return {m.group(1): b.target_commit for b in refs.branches
-                    if (m := re.fullmatch(r"v([1-9][0-9]{0,5})", b.name)) and _COMMIT_RE.match(b.target_commit or "")}
+            return version_branches(hubrepo.list_refs(spec))
 
         raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=listing_ttl())
         if not _valid_versions(raw):
@@ -174,22 +172,28 @@ def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
         revision = commit = spec.revision
     else:
         revision = spec.revision
+
         def revision_commit():
-            return _hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision).sha
+            return hubrepo.revision_commit(spec, revision)
 
         commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=listing_ttl())
         if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
             commit = revision_commit()
 
     def list_variants():
-        return sorted(v.variant_str for v in _hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit))
+        return hubrepo.list_variant_names(spec, revision, commit, Limits.from_env())
 
     names = cached_listing(spec.repo_id, f"variants@{commit}", list_variants)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         names = list_variants()
-    variants = _parse_variants(names)
-    resolution = _decide(spec, revision, commit, variants, offline=False)
-    return _check_archs(spec, resolution, system, api=api)
+    variants, invalid = _parse_variants(names, where=f"{spec.repo_id}@{revision}")
+    resolution = _decide(spec, revision, commit, variants, offline=False, invalid=invalid)
+    return _check_archs(spec, resolution, system, api="hub")
+
+
+def version_branches(refs) -> dict[str, str]:
+    """{'1': commit, ...} of the vN branches of a :class:`kernel_loader.hubrepo.Refs`."""
+    return {m.group(1): c for name, c in refs.branches.items() if (m := re.fullmatch(r"v([1-9][0-9]{0,5})", name))}
 
 
 def _valid_versions(raw) -> bool:
@@ -198,20 +202,21 @@ def _valid_versions(raw) -> bool:
         for k, v in raw.items())
 
 
-def _parse_variants(names: list[str]) -> list:
-    """Variant objects for listed names; names that are not variants (or not safe folder names) are skipped,
-    as kernels' own get_variants does."""
+def _parse_variants(names: list[str], *, where: str) -> tuple[list, list[VariantDecision]]:
+    """(variant objects, rejections) for listed folder names: a name that is not a variant (or not a safe folder
+    name) is rejected with the reason, so a fallback can say why nothing fit."""
     from kernels.variants import parse_variant
 
-    out = []
+    from .containment import check_variant_name
+
+    out, invalid = [], []
     for n in names:
-        if "/" in n or n in ("", ".", "..") or any(ord(c) < 32 for c in n):
-            continue
         try:
+            check_variant_name(n, where=where)
             out.append(parse_variant(n))
         except Exception:
-            continue
-    return out
+            invalid.append(VariantDecision(repr(n)[1:-1][:80], False, "not a valid variant folder name"))
+    return out, invalid
 
 
 def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
@@ -250,10 +255,11 @@ def _resolve_cached(spec: KernelSpec, system: SystemInfo, *, why: str) -> Resolu
     return _check_archs(spec, resolution, system, api=None)
 
 
-def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool) -> Resolution:
+def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool,
+            invalid: list[VariantDecision] = ()) -> Resolution:
     from kernels.variants import VariantAccepted, resolve_variants
 
-    chosen, trace = resolve_variants(variants)
+    chosen, trace = resolve_variants(variants) if variants else ([], [])
     return Resolution(
         repo_id=spec.repo_id,
         revision=revision,
@@ -264,24 +270,29 @@ def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: 
             if isinstance(d, VariantAccepted)
             else VariantDecision(d.variant.variant_str, False, d.reason)
             for d in trace
-        ],
+        ] + list(invalid),
         offline=offline,
     )
 
 
 def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tuple[str, list[str] | None]:
-    """(backend type, declared archs) from the variant's metadata.json (downloaded alone; it is tiny)."""
-    if api is None:
-        path = repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / variant / "metadata.json"
-    else:
-        path = Path(_hub_call(spec, api.hf_hub_download, res.repo_id, f"build/{variant}/metadata.json",
-                              repo_type="kernel", revision=res.commit, cache_dir=cache_dir()))
+    """(backend type, declared archs) from the variant's metadata.json: read from the cache offline, else from
+    the Hub into memory only (its size checked from the listing first; nothing is written to the cache)."""
+    from .containment import Limits
+    from .hubrepo import read_metadata
+    from .integrity import check_metadata
+
+    where = f"{res.repo_id} variant {variant}"
     try:
-        meta = json.loads(path.read_text())
-        backend = meta["backend"]
-        return str(backend.get("type")), backend.get("archs")
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise KernelUnavailable(f"{res.repo_id} variant {variant}: unreadable metadata.json ({e})", stage="resolve")
+        if api is None:
+            path = repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / variant / "metadata.json"
+            meta = check_metadata(path.read_bytes(), where=where)
+        else:
+            _, meta, _ = read_metadata(spec, res.commit, variant, Limits.from_env(), stage="resolve")
+        archs = meta.backend.archs
+        return str(meta.backend.backend_type), None if archs is None else [str(a) for a in archs]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise KernelUnavailable(f"{where}: unreadable metadata.json ({e})", stage="resolve")
 
 
 def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) -> Resolution:
