@@ -39,8 +39,12 @@ def cmd_resolve(args) -> int:
     from .spec import parse_spec
     from .system import detect
 
+    from .trust import check_trust
+
     spec = parse_spec(args.spec, version=args.version)
     try:
+        # Even a dry resolve reads the publisher's listings and (on a GPU) metadata.json: trust first.
+        check_trust(spec, offline=hub_offline())
         res = resolve(spec, detect())
     except KernelUnavailable as e:
         if args.json:
@@ -233,7 +237,7 @@ def cmd_selftest(args) -> int:
 def cmd_hub_serve(args) -> int:
     from .hub import serve_forever
 
-    return serve_forever(args.root, args.port)
+    return serve_forever(args.root, args.port, trusted_orgs=args.trusted_org or ())
 
 
 def _add_build_and_hub(sub) -> None:
@@ -275,6 +279,9 @@ def _add_build_and_hub(sub) -> None:
     serve = hsub.add_parser("serve", help="serve --root on 127.0.0.1 until Ctrl-C; prints the HF_ENDPOINT to export")
     serve.add_argument("--root", required=True, type=Path, help="folder with kernels/<org>/<name> git repos")
     serve.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    serve.add_argument("--trusted-org", action="append", metavar="ORG",
+                       help="answer the stock kernels/transformers publisher-trust check for ORG as trusted "
+                            "(repeatable; also read from ROOT/trusted-orgs, one org per line)")
     serve.set_defaults(func=cmd_hub_serve)
 
 
