@@ -41,7 +41,7 @@ class Limits:
     variant_bytes: int = 16 << 30  # all files of one variant
     files: int = 4096  # files in one variant (real ones have a handful)
     metadata_bytes: int = MAX_METADATA_BYTES
-    listing_bytes: int = 16 << 20  # JSON of one tree or refs listing
+    listing_bytes: int = 4 << 20  # JSON of one tree listing (4,096 entries take about 1 MiB)
 
     @classmethod
     def from_env(cls) -> "Limits":

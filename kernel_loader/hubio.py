@@ -169,8 +169,8 @@ def list_folder(repo_id: str, commit: str, folder: str, *, recursive: bool, max_
             raise ValueError(f"{what}: the Hub's tree listing is a {type(page).__name__}, expected a list")
         out.extend(page)
         if len(out) > max_entries:
-            raise ValueError(f"{what}: the Hub lists more than {max_entries} entries; at most {max_entries} are "
-                             "accepted (KERNEL_LOADER_MAX_FILES); refused before any download")
+            raise ValueError(f"{what}: the Hub's listing has more than {max_entries} entries, the limit "
+                             "(KERNEL_LOADER_MAX_FILES sets it); refused before any download")
         budget -= len(json.dumps(page))
         if budget <= 0:
             raise ValueError(f"{what}: the Hub's tree listing is over {max_bytes} bytes; refused")
