@@ -198,8 +198,14 @@ def import_variant(path: Path) -> ModuleType:
     of one kernel live side by side)."""
     from kernels._rust import Metadata
 
+    from .containment import check_build_id
+
     meta = Metadata.read_from_file(path / "metadata.json")
     name = meta.id
+    try:
+        check_build_id(name, where=f"variant {path.name}")  # also for local folders that no fetch checked
+    except ValueError as e:
+        raise KernelUnavailable(str(e), stage="import") from None
     if name in sys.modules:
         # Only reuse a module imported from this very folder: a metadata id such as 'os' or another kernel's id
         # must not hand back an unrelated module.

@@ -70,14 +70,6 @@ def hub_endpoint() -> str:
     return constants.ENDPOINT
 
 
-def hub_api():
-    from huggingface_hub import HfApi
-
-    from . import __version__
-
-    return HfApi(library_name="kernel-loader", library_version=__version__)
-
-
 def repo_cache_path(repo_id: str) -> Path:
     from huggingface_hub.file_download import repo_folder_name
 
@@ -92,7 +84,7 @@ def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None
         return _resolve_cached(spec, system, why="HF_HUB_OFFLINE is set")
     try:
         return _resolve_online(spec, system)
-    except _HubUnreachable as e:
+    except HubUnreachable as e:
         # A cluster node that lost the Hub still runs what it already has.
         try:
             return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
@@ -100,46 +92,6 @@ def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None
             if isinstance(e, HubServerError):  # the Hub answered: name its error, no offline advice
                 raise KernelUnavailable(e.reason, stage="resolve") from None
             raise
-
-
-_HubUnreachable = HubUnreachable  # the name fetch/lock used before hubrepo existed
-
-
-def _hub_call(spec: KernelSpec, fn, *args, **kwargs):
-    """Run one Hub request, turning the Hub's errors into one-line reasons."""
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        return fn(*args, **kwargs)
-    except HfHubHTTPError as e:
-        status = getattr(getattr(e, "response", None), "status_code", None)
-        if status in (401, 403, 404):  # mirrors answer a bare 404 for both a missing repo and a missing revision
-            raise KernelUnavailable(_not_found_reason(spec), stage="resolve")
-        if status is None or status >= 500 or status == 429:
-            raise _HubUnreachable(f"HTTP {status}")
-        raise KernelUnavailable(f"Hub request for {spec.repo_id} failed: {str(e).splitlines()[0]}", stage="resolve")
-    except OSError as e:
-        import socket
-
-        # A local filesystem error (disk full, file too large, read-only or unwritable cache) is not the Hub's:
-        # name it, or the user is sent looking for a network problem.
-        if e.errno is not None and not isinstance(e, (ConnectionError, TimeoutError, socket.gaierror)):
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            raise KernelUnavailable(f"{spec.repo_id}: cache write failed in {cache_dir()}: "
-                                    f"{e.strerror or e}{where}", stage="fetch")
-        # connection refused, DNS, timeouts, or a size mismatch after a cut transfer
-        first = str(e).splitlines()[0][:120] if str(e) else ""
-        raise _HubUnreachable(f"{type(e).__name__}: {first}" if first else type(e).__name__)
-    except Exception as e:
-        if type(e).__module__.split(".")[0].rstrip("0123456789") in ("httpx", "httpcore", "requests", "urllib3"):
-            raise _HubUnreachable(type(e).__name__)
-        raise
-
-
-def _not_found_reason(spec: KernelSpec) -> str:
-    from .hubrepo import not_found_reason
-
-    return not_found_reason(spec, spec.revision)
 
 
 def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:
