@@ -7,11 +7,11 @@
 A real olah Hub on loopback serves ``--repos`` tiny pure-Python kernels (published here, in a temp folder).
 
 1. One process: ``--loads`` times ``clear_cache(); load(spec)``, rotating over the repos and one repo that does not
-   exist; the Hub is stopped and started again half way. Every load must give a kernel or a named fallback; open
+   exist; the Hub is stopped for a fiftieth of the loads half way, then started again. Every load must give a kernel or a named fallback; open
    file descriptors and RSS are sampled, and growth after the first tenth is reported (and bounded).
 2. ``--procs`` processes, ``--parallel`` at a time, against one cache: the first half use half the repos, the
-   second half all of them, so the cache is warm for some and cold for others in each half; the Hub is restarted
-   when half the processes have started. A scanner thread checks the cache throughout: no variant visible (its
+   second half all of them, so the cache is warm for some and cold for others in each half; when half the
+   processes have started the Hub is stopped for ``--outage`` seconds (processes keep starting) and restarted. A scanner thread checks the cache throughout: no variant visible (its
    metadata.json linked) whose files are missing or differ from its digest, no dangling snapshot link.
    Every process must end in a kernel or a named fallback.
 Prints one JSON object (``--json PATH`` also writes it) with the numbers RELIABILITY.md quotes.
@@ -115,6 +115,22 @@ def _restart(hub):
     return start_local_hub(hub.root, hub.port)
 
 
+class _Outage:
+    """Stops the Hub, and starts it again ``seconds`` later (checked by ``tick``)."""
+
+    def __init__(self, holder: list, seconds: float):
+        self.holder, self.seconds, self.since, self.done_at = holder, seconds, None, None
+
+    def begin(self, t: float) -> None:
+        self.holder[0].stop()
+        self.since = t
+
+    def tick(self, t: float) -> None:
+        if self.since is not None and self.done_at is None and t - self.since >= self.seconds:
+            self.holder[0] = _restart(self.holder[0])
+            self.done_at = t
+
+
 def soak_one_process(hub_holder: list, repos: list[str], loads: int) -> dict:
     import warnings
 
@@ -126,8 +142,12 @@ def soak_one_process(hub_holder: list, repos: list[str], loads: int) -> dict:
     unnamed = []
     samples = []
     t0 = time.perf_counter()
+    down = range(loads // 2, loads // 2 + max(1, loads // 50))  # the Hub is stopped for these loads
+    during_outage = []
     for i in range(loads):
-        if i == loads // 2:
+        if i == down.start:
+            hub_holder[0].stop()
+        if i == down.stop:
             hub_holder[0] = _restart(hub_holder[0])
         clear_cache()
         spec = specs[i % len(specs)]
@@ -140,15 +160,20 @@ def soak_one_process(hub_holder: list, repos: list[str], loads: int) -> dict:
             fallbacks += 1
         else:
             unnamed.append(spec)
+        if i in down:
+            during_outage.append(k.fallback[:100] if k.fallback else "kernel")
         if (i + 1) % max(1, loads // 10) == 0:
             samples.append({"load": i + 1, "fds": _fds(), "rss_mb": round(_rss_mb(), 1)})
     first, last = samples[0], samples[-1]
     return {"loads": loads, "kernels": kernels, "named_fallbacks": fallbacks, "unnamed": unnamed,
+            "during_outage": {"loads": len(down), "kernels": during_outage.count("kernel"),
+                              "fallbacks": sorted({r for r in during_outage if r != "kernel"})},
             "seconds": round(time.perf_counter() - t0, 1), "samples": samples,
             "fd_growth": last["fds"] - first["fds"], "rss_growth_mb": round(last["rss_mb"] - first["rss_mb"], 1)}
 
 
-def soak_processes(hub_holder: list, repos: list[str], cache: Path, procs: int, parallel: int) -> dict:
+def soak_processes(hub_holder: list, repos: list[str], cache: Path, procs: int, parallel: int,
+                   outage_s: float = 15.0) -> dict:
     half = procs // 2
     plan = [repos[i % max(1, len(repos) // 2)] if i < half else repos[i % len(repos)] for i in range(procs)]
     env = {**os.environ, "KERNELS_CACHE": str(cache), "HF_HUB_CACHE": str(cache), "KERNEL_LOADER_TRUST": "acme",
@@ -167,24 +192,28 @@ def soak_processes(hub_holder: list, repos: list[str], cache: Path, procs: int, 
     scan.start()
     results, running, started = [], [], 0
     t0 = time.perf_counter()
-    restarted_at = None
+    outage = _Outage(hub_holder, outage_s)
     while started < procs or running:
+        outage.tick(time.perf_counter() - t0)
         while started < procs and len(running) < parallel:
-            if started == half and restarted_at is None:  # while the first half's last processes still run
-                hub_holder[0] = _restart(hub_holder[0])
-                restarted_at = round(time.perf_counter() - t0, 1)
+            if started == half and outage.since is None:  # the first half's last processes still run
+                outage.begin(time.perf_counter() - t0)
             env["HF_ENDPOINT"] = hub_holder[0].endpoint
-            running.append(subprocess.Popen([sys.executable, "-c", CHILD, plan[started]], env=env,
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            hub_down = outage.since is not None and outage.done_at is None
+            running.append((subprocess.Popen([sys.executable, "-c", CHILD, plan[started]], env=env,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), hub_down))
             started += 1
-        for p in list(running):
+        for item in list(running):
+            p, hub_down = item
             if p.poll() is not None:
                 out, err = p.communicate()
-                running.remove(p)
+                running.remove(item)
                 try:
-                    results.append(json.loads(out.strip().splitlines()[-1]))
+                    r = json.loads(out.strip().splitlines()[-1])
                 except (ValueError, IndexError):
-                    results.append({"kernel": False, "fallback": None, "crash": err[-500:]})
+                    r = {"kernel": False, "fallback": None, "crash": err[-500:]}
+                r["during_outage"] = hub_down
+                results.append(r)
         time.sleep(0.05)
     stop.set()
     scan.join()
@@ -194,13 +223,14 @@ def soak_processes(hub_holder: list, repos: list[str], cache: Path, procs: int, 
     return {"processes": procs, "parallel": parallel, "kernels": kernels, "named_fallbacks": named,
             "other": [r for r in results if not r.get("kernel") and not r.get("fallback")][:5],
             "fallback_reasons": sorted({r["fallback"][:120] for r in results if r.get("fallback")})[:5],
-            "hub_restarted_at_s": restarted_at, "seconds": round(time.perf_counter() - t0, 1),
+            "started_during_outage": sum(1 for r in results if r.get("during_outage")),
+            "hub_down_s": [round(outage.since, 1), round(outage.done_at or -1, 1)], "seconds": round(time.perf_counter() - t0, 1),
             "cache_scans": scans[0], "partial_or_bad_visible": sorted(set(problems))[:5],
             "max_child_fds_opened": max((r.get("fds_opened", 0) for r in results), default=0),
             "max_child_rss_mb": round(max((r.get("maxrss_mb", 0) for r in results), default=0), 1)}
 
 
-def run(loads: int, procs: int, parallel: int, repos: int) -> dict:
+def run(loads: int, procs: int, parallel: int, repos: int, outage_s: float = 15.0) -> dict:
     import huggingface_hub.constants as c
 
     from kernel_loader.hub import start_local_hub
@@ -218,7 +248,7 @@ def run(loads: int, procs: int, parallel: int, repos: int) -> dict:
     try:
         names = publish_repos(hub.root, work, repos)
         one = soak_one_process(hub_holder, names, loads)
-        many = soak_processes(hub_holder, names, work / "shared-cache", procs, parallel)
+        many = soak_processes(hub_holder, names, work / "shared-cache", procs, parallel, outage_s)
     finally:
         hub_holder[0].stop()
         import shutil
@@ -233,9 +263,10 @@ def main(argv=None) -> int:
     ap.add_argument("--procs", type=int, default=200)
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--repos", type=int, default=8)
+    ap.add_argument("--outage", type=float, default=15.0, help="seconds the Hub is down half way (processes)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    out = run(args.loads, args.procs, args.parallel, args.repos)
+    out = run(args.loads, args.procs, args.parallel, args.repos, args.outage)
     text = json.dumps(out, indent=2)
     print(text)
     if args.json:
