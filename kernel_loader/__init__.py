@@ -4,49 +4,42 @@
     kernel_loader.enable()                      # transformers: attn_implementation="org/repo" goes through us
     k = kernel_loader.load("kernels-community/flash-attn2")   # or load it yourself
     attn = kernel_loader.sdpa_like("kernels-community/flash-attn2")  # drop-in for F.scaled_dot_product_attention
+
+Every public name below is the implementing module's own object, looked up on first use (so ``kernel-loader hub
+serve`` and ``--help`` start without torch or the Hub clients): a signature here cannot drift from its
+implementation. The package layout, bottom to top, is in the README ("Layout").
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
 
-from .fallback import KernelFallbackWarning, KernelUnavailable  # noqa: E402
-from .spec import KernelSpec, parse_spec  # noqa: E402
+# public name -> module that defines it (read by tests/test_layers.py as imports of this package)
+_EXPORTS = {
+    "KernelFallbackWarning": "kernel_loader.errors",
+    "KernelUnavailable": "kernel_loader.errors",
+    "KernelSpec": "kernel_loader.spec",
+    "parse_spec": "kernel_loader.spec",
+    "LoadedKernel": "kernel_loader.api",
+    "load": "kernel_loader.api",
+    "sdpa_like": "kernel_loader.api",
+    "offline": "kernel_loader.offline_mode",
+    "enable": "kernel_loader.integrations.transformers",
+    "disable": "kernel_loader.integrations.transformers",
+}
 
 
 def __getattr__(name):
-    # torch and the Hub clients load on first use, so `kernel-loader hub serve` and `--help` start fast.
-    if name == "LoadedKernel":
-        from . import api
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kernel_loader' has no attribute {name!r}")
+    import importlib
 
-        return getattr(api, name)
-    raise AttributeError(f"module 'kernel_loader' has no attribute {name!r}")
-
-
-def load(spec, *, version=None, strict=None, trust=None, lock=None):
-    """See :func:`kernel_loader.api.load`."""
-    from .api import load as _load
-
-    return _load(spec, version=version, strict=strict, trust=trust, lock=lock)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-def offline(enabled=True):
-    """``with kernel_loader.offline():`` resolve from the cache only, open no socket (see offline_mode)."""
-    from .offline_mode import offline as _offline
-
-    return _offline(enabled)
+def __dir__():
+    return sorted([*globals(), *_EXPORTS])
 
 
-def sdpa_like(spec, *, version=None, strict=None, trust=None):
-    """A drop-in for ``torch.nn.functional.scaled_dot_product_attention`` backed by the kernel ``spec``
-    ((B, H, S, D) layout, attn_mask, is_causal, scale, enable_gqa); calls the kernel cannot take go to SDPA."""
-    return load(spec, version=version, strict=strict, trust=trust).sdpa
-
-
-def enable(*args, **kwargs):
-    """Route transformers' hub-kernel ``attn_implementation`` strings through kernel_loader (idempotent)."""
-    from .transformers_hook import enable as _enable
-
-    return _enable(*args, **kwargs)
-
-
-__all__ = ["KernelFallbackWarning", "KernelSpec", "KernelUnavailable", "LoadedKernel", "enable", "load", "offline",
-           "parse_spec", "sdpa_like", "__version__"]
+__all__ = sorted([*_EXPORTS, "__version__"])

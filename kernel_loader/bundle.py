@@ -14,14 +14,15 @@ limits), and every file's sha256 must equal the locked digest. Files are streame
 removes the blobs it created.
 
 Importing a bundle is an administrator's act of trust: its repos are recorded as trusted ('bundle') so that
-offline loads accept them, as a download after an online trust check would.
+offline loads accept them, as a download after an online trust check would. The installed variants are then
+read back through :func:`kernel_loader.pipeline.acquire` offline, exactly as a load would read them.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
-import base64
 import io
 import json
 import os
@@ -30,30 +31,27 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cache import atomic_file, atomic_symlink, atomic_write, blobs_dir, refs_dir, variant_path
+from .cachestate import record_trust, repo_lock, trust_record
+from .env import env_bytes
+from .errors import KernelUnavailable
+from .fetch import verify_variant
 from .integrity import safe_relpath
-from .lock import LockFile, digests_path, parse_lock, render_lock
+from .lockfile import LockFile, digests_path, parse_lock, read_lock, render_lock
+from .pipeline import acquire
+from .spec import parse_spec
 
 FORMAT = "kernel-loader-bundle/1"
 MANIFEST = "bundle.json"
 MAX_MANIFEST_BYTES = 16 << 20
 
 
-def _limit(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of bytes") from None
-
-
 def max_member_bytes() -> int:
-    return _limit("KERNEL_LOADER_BUNDLE_MAX_FILE", 4 << 30)
+    return env_bytes("KERNEL_LOADER_BUNDLE_MAX_FILE", 4 << 30)
 
 
 def max_total_bytes() -> int:
-    return _limit("KERNEL_LOADER_BUNDLE_MAX_TOTAL", 64 << 30)
+    return env_bytes("KERNEL_LOADER_BUNDLE_MAX_TOTAL", 64 << 30)
 
 
 @dataclass(frozen=True)
@@ -68,11 +66,6 @@ class ImportResult:
 
 def export_bundle(lock: LockFile, out: str | Path, *, variants: list[str] | None = None) -> Path:
     """Write the locked variants (all, or those named) from the local cache into ``out`` (atomically)."""
-    from .cachestate import trust_record
-    from .fallback import KernelUnavailable
-    from .fetch import verify_variant
-    from .resolve import repo_cache_path
-
     out = Path(out)
     rows, missing = [], []
     for entry in sorted(lock.kernels.values(), key=lambda e: e.repo_id):
@@ -82,7 +75,7 @@ def export_bundle(lock: LockFile, out: str | Path, *, variants: list[str] | None
         for name in sorted(entry.variants):
             if variants and name not in variants:
                 continue
-            path = repo_cache_path(entry.repo_id) / "snapshots" / entry.commit / "build" / name
+            path = variant_path(entry.repo_id, entry.commit, name)
             if not (path / "metadata.json").is_file():
                 missing.append(f"{entry.repo_id} {name}")
                 continue
@@ -100,21 +93,13 @@ def export_bundle(lock: LockFile, out: str | Path, *, variants: list[str] | None
     manifest = {"format": FORMAT, "kernels.lock": lock_text, "kernels.lock.digests": digests_text,
                 "trust": {e.repo_id: sorted(trust_record(e.repo_id)) for e, _, _ in rows},
                 "variants": {e.repo_id: sorted(n for e2, n, _ in rows if e2 is e) for e, _, _ in rows}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
-            for entry, name, path in rows:
-                files = ["metadata.json", *sorted(entry.variants[name].files)]
-                for rel in files:
-                    data = (path / rel).read_bytes()
-                    _add_bytes(tar, f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/{rel}", data)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(out) as f, tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
+        for entry, name, path in rows:
+            files = ["metadata.json", *sorted(entry.variants[name].files)]
+            for rel in files:
+                data = (path / rel).read_bytes()
+                _add_bytes(tar, f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/{rel}", data)
     return out
 
 
@@ -184,8 +169,6 @@ def _read_manifest(path: Path, tar: tarfile.TarFile):
 
 def _receive_files(path: Path, tar: tarfile.TarFile, expected: dict, created: list[Path]) -> dict[str, str]:
     """Stream every member into a verified blob; returns member name -> sha256 hex (the blob name)."""
-    from .resolve import repo_cache_path
-
     got: dict[str, str] = {}
     total, limit, limit_total = 0, max_member_bytes(), max_total_bytes()
     while (m := tar.next()) is not None:
@@ -204,7 +187,7 @@ def _receive_files(path: Path, tar: tarfile.TarFile, expected: dict, created: li
                              f"{limit_total} in all (KERNEL_LOADER_BUNDLE_MAX_FILE / _MAX_TOTAL)")
         total += m.size
         repo_id, commit, variant, rel, digest = expected[name]
-        blobs = repo_cache_path(repo_id) / "blobs"
+        blobs = blobs_dir(repo_id)
         blobs.mkdir(parents=True, exist_ok=True)
         src = tar.extractfile(m)
         h = hashlib.sha256()
@@ -238,13 +221,9 @@ def _receive_files(path: Path, tar: tarfile.TarFile, expected: dict, created: li
 
 
 def _install(lock: LockFile, trust: dict, expected: dict, blobs: dict[str, str]) -> ImportResult:
-    from .cachestate import atomic_write, record_trust, repo_lock
-    from .resolve import repo_cache_path
-
     installed = []
     size = 0
     for entry in sorted(lock.kernels.values(), key=lambda e: e.repo_id):
-        root = repo_cache_path(entry.repo_id)
         with repo_lock(entry.repo_id):
             for name in sorted(entry.variants):
                 base = f"kernels/{entry.repo_id}/{entry.commit}/build/{name}/"
@@ -252,19 +231,19 @@ def _install(lock: LockFile, trust: dict, expected: dict, blobs: dict[str, str])
                                  key=lambda m: m.endswith("/metadata.json"))
                 for member in members:  # metadata.json last: it is what marks the variant as present
                     rel = expected[member][3]
-                    link = root / "snapshots" / entry.commit / "build" / name / rel
-                    link.parent.mkdir(parents=True, exist_ok=True)
-                    target = os.path.relpath(root / "blobs" / blobs[member], link.parent)
-                    tmp = link.parent / f".{link.name}.import-link"
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-                    os.symlink(target, tmp)
-                    os.replace(tmp, link)
-                    size += (root / "blobs" / blobs[member]).stat().st_size
+                    link = variant_path(entry.repo_id, entry.commit, name) / rel
+                    atomic_symlink(link, os.path.relpath(blobs_dir(entry.repo_id) / blobs[member], link.parent))
+                    size += (blobs_dir(entry.repo_id) / blobs[member]).stat().st_size
                 installed.append((entry.repo_id, entry.commit, name))
             if entry.version is not None or entry.revision is not None:
-                atomic_write(root / "refs" / entry.ref, entry.commit.encode())
+                atomic_write(refs_dir(entry.repo_id) / entry.ref, entry.commit.encode())
             record_trust(entry.repo_id, entry.commit, "bundle")
+        # Read back as a load would (offline: trusted commit, files against the lock's digests).
+        try:
+            acquire(parse_spec(f"{entry.repo_id}@{entry.commit}"), entry=entry, variants=sorted(entry.variants),
+                    offline=True)
+        except KernelUnavailable as e:
+            raise ValueError(f"bundle of {entry.repo_id}: installed files do not verify: {e.reason}") from None
     return ImportResult(installed, len(blobs), size)
 
 
@@ -275,8 +254,6 @@ def _remove(paths: list[Path]) -> None:
 
 
 def lock_from_args(lock_path: str | Path) -> LockFile:
-    from .lock import read_lock
-
     lock = read_lock(lock_path)
     if not digests_path(Path(lock_path)).is_file():
         raise ValueError(f"{lock_path} has no digests file {digests_path(Path(lock_path))}; bundles need one "

@@ -1,7 +1,7 @@
 """kernel_loader's own small state inside the cache, and the process coordination built on it.
 
 Everything lives under ``<cache>/.kernel-loader/`` (never inside huggingface_hub's ``<repo folder>``, so its cache
-scanner is not confused), one file per repo, named like huggingface_hub's repo folders:
+scanner is not confused), one file per repo, named like huggingface_hub's repo folders (see :mod:`.cache`):
 
 - ``locks/<repo>.lock``: a ``filelock`` lock held around trust + resolve + fetch + verify of that repo, so N
   processes starting cold on one node download each file once and never see a half-written variant;
@@ -10,58 +10,23 @@ scanner is not confused), one file per repo, named like huggingface_hub's repo f
 - ``trust/<repo>.json``: how the repo was trusted when it was downloaded (allow-list or the Hub flag), so an
   offline load can tell a repo that passed the check from one that never did.
 
-Writes go to a temp file in the same folder and ``os.replace`` it, so a reader sees the old or the new file, never a
-torn one. A read-only cache still works for offline reading: the lock is skipped when it cannot be created.
+A read-only cache still works for offline reading: the lock is skipped when it cannot be created.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
-STATE_DIR = ".kernel-loader"
+from .cache import atomic_write, state_path
+from .env import env_seconds
+from .errors import KernelUnavailable
+from .hub_client import hub_endpoint
+
 DEFAULT_LISTING_TTL = 30.0
 DEFAULT_LOCK_TIMEOUT = 900.0
-
-
-def _state_path(kind: str, repo_id: str, suffix: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    from .resolve import cache_dir
-
-    return Path(cache_dir()) / STATE_DIR / kind / (repo_folder_name(repo_id=repo_id, repo_type="kernel") + suffix)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ValueError(f"{name}={raw!r} must be >= 0 seconds")
-    return value
 
 
 @contextlib.contextmanager
@@ -71,12 +36,10 @@ def repo_lock(repo_id: str):
     Yields True when the lock is held, False when the cache is read-only (nothing will be written then)."""
     from filelock import FileLock, Timeout
 
-    from .fallback import KernelUnavailable
-
-    path = _state_path("locks", repo_id, ".lock")
+    path = state_path("locks", repo_id, ".lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(path), timeout=_env_float("KERNEL_LOADER_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
+        lock = FileLock(str(path), timeout=env_seconds("KERNEL_LOADER_LOCK_TIMEOUT", DEFAULT_LOCK_TIMEOUT))
         lock.acquire()
     except Timeout:
         raise KernelUnavailable(f"timed out waiting for the cache lock {path} (another process is fetching "
@@ -107,9 +70,7 @@ def cached_listing(repo_id: str, key: str, fetch, *, ttl: float | None = None):
 
     Values must be JSON. The file is advisory: anything unreadable is ignored and refetched; callers validate
     what they get as if it came from the Hub."""
-    from .resolve import hub_endpoint
-
-    path = _state_path("listings", repo_id, ".json")
+    path = state_path("listings", repo_id, ".json")
     key = f"{hub_endpoint()} {key}"  # a listing from one Hub or mirror never answers for another
     data = _read_json(path)
     entry = data.get(key)
@@ -126,7 +87,7 @@ def cached_listing(repo_id: str, key: str, fetch, *, ttl: float | None = None):
 
 
 def listing_ttl() -> float:
-    return _env_float("KERNEL_LOADER_LISTING_TTL", DEFAULT_LISTING_TTL)
+    return env_seconds("KERNEL_LOADER_LISTING_TTL", DEFAULT_LISTING_TTL)
 
 
 # ---------------------------------------------------------------------------------------------- trust
@@ -134,7 +95,7 @@ def listing_ttl() -> float:
 
 def record_trust(repo_id: str, commit: str, how: str) -> None:
     """Remember that ``repo_id`` at ``commit`` passed the trust check as ``how`` (allow-list, hub, bundle)."""
-    path = _state_path("trust", repo_id, ".json")
+    path = state_path("trust", repo_id, ".json")
     data = _read_json(path)
     commits = data.get("commits") if isinstance(data.get("commits"), dict) else {}
     if isinstance(commits.get(commit), dict) and commits[commit].get("trusted_by") == how:
@@ -145,7 +106,7 @@ def record_trust(repo_id: str, commit: str, how: str) -> None:
 
 def trust_record(repo_id: str) -> dict[str, dict]:
     """commit -> {trusted_by, at} for a repo (empty when it was never trusted here)."""
-    data = _read_json(_state_path("trust", repo_id, ".json"))
+    data = _read_json(state_path("trust", repo_id, ".json"))
     if data.get("repo_id") != repo_id or not isinstance(data.get("commits"), dict):
         return {}
     return {c: v for c, v in data["commits"].items() if isinstance(v, dict) and isinstance(c, str)}

@@ -14,7 +14,8 @@ value and says what is valid:
 - before any file other than metadata.json is downloaded, the listing must hold exactly metadata.json plus the
   files its digest names, each within :class:`Limits` (:func:`plan_variant`);
 - a build id (it becomes ``sys.modules[id]``) has the shape our builds write, ``_<name>_<backend>_<rev>``, and
-  names no module Python could import otherwise (:func:`check_build_id`).
+  names no module Python could import otherwise (:func:`kernel_loader.integrity.check_build_id`, applied to every
+  metadata.json that is parsed).
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ from pathlib import Path
 from .integrity import MAX_METADATA_BYTES, safe_relpath
 
 _HEX_ID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-# Our builds write _<python name>_<backend>_<rev> (kernel_loader/build/variant.py: ops_id_for); kernel-builder's
-# ids have the same leading underscore. Requiring it keeps ids out of the namespace of importable top-level modules.
-_BUILD_ID_RE = re.compile(r"^_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+$")
-_BUILD_ID_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -167,25 +164,3 @@ def check_inside(path: Path, root: Path, *, what: str) -> Path:
     if real != real_root and not real.startswith(real_root + os.sep):
         raise ValueError(f"{what}: {path} resolves to {real}, outside the cache folder {real_root}; refused")
     return path
-
-
-def check_build_id(name: object, *, where: str) -> str:
-    """A metadata.json ``id``: the shape our builds write, and no module Python could import by that name."""
-    import importlib.util
-    import sys
-
-    rule = ("'_<name>_<backend>_<rev>' (a leading underscore, letters and digits in '_'-separated parts, e.g. "
-            "'_flash_attn2_cpu_1a2b3c4')")
-    if not isinstance(name, str) or len(name) > _BUILD_ID_MAX or not _BUILD_ID_RE.match(name):
-        raise ValueError(f"{where}: metadata.json id {name!r:.80} is not a kernel build id; expected {rule}")
-    if name in sys.builtin_module_names or name in getattr(sys, "stdlib_module_names", ()):
-        raise ValueError(f"{where}: metadata.json id {name!r} is the name of a standard-library module; expected {rule}")
-    if name not in sys.modules:
-        try:
-            found = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            found = None
-        if found is not None:
-            raise ValueError(f"{where}: metadata.json id {name!r} would shadow the importable module at "
-                             f"{found.origin or found.name}; expected a build id no other module uses")
-    return name

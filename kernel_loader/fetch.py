@@ -6,25 +6,26 @@ before the first byte of any other file; temp files + rename mean a cut download
 ``build/<variant>/`` is fetched.
 
 Verification uses the digest format of the `kernels` library (``metadata.json: digest{algorithm, files}``,
-base64 sha256 per file, computed by ``kernels._rust.Digest``): a file whose hash differs, a listed file that is
+base64 sha256 per file, computed by the library's ``Digest``): a file whose hash differs, a listed file that is
 missing and a file that is not listed are all refused. A refused variant's files are removed from the cache so the
 next attempt downloads them again instead of failing on the same bad bytes.
 """
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-from .fallback import KernelUnavailable
-from .resolve import Resolution, cache_dir, repo_cache_path
+from . import _kernels
+from .cache import cache_dir, discard_variant, repo_cache_path, variant_path, write_ref
+from .errors import KernelUnavailable
+from .hub_client import HubServerError, HubUnreachable
+from .hubrepo import download_variant
+from .integrity import check_metadata, sha256_b64
+from .resolve import Resolution
 from .spec import KernelSpec
 
-_NO_BYTECODE = ["*.pyc", "**/__pycache__/**"]
-
-
 def variant_dir(res: Resolution) -> Path:
-    return repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / str(res.variant)
+    return variant_path(res.repo_id, res.commit, str(res.variant))
 
 
 def fetch(spec: KernelSpec, res: Resolution, *, locked=None) -> Path:
@@ -72,8 +73,6 @@ def fetch(spec: KernelSpec, res: Resolution, *, locked=None) -> Path:
 
 
 def _download(spec: KernelSpec, res: Resolution) -> None:
-    from .hubrepo import HubServerError, HubUnreachable, download_variant
-
     try:
         download_variant(spec, repo_cache_path(res.repo_id), res.commit, str(res.variant))
     except HubServerError as e:
@@ -96,26 +95,13 @@ def remember_ref(res: Resolution) -> None:
 
     We download by commit so the listing and the files come from one snapshot; huggingface_hub only records a
     ref when it is given a branch name, so without this an offline run could not map 'v1' to the snapshot."""
-    import os
-    import tempfile
-
-    ref = repo_cache_path(res.repo_id) / "refs" / res.revision
-    if ref.is_file() and ref.read_text().strip() == res.commit:
-        return
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ref.parent, prefix=".ref-")
-    with os.fdopen(fd, "w") as f:
-        f.write(res.commit)
-    os.replace(tmp, ref)
+    write_ref(res.repo_id, res.revision, res.commit)
 
 
 def verify_variant(path: Path, *, locked=None) -> None:
     """Check every file of a variant folder against its metadata.json digest (and, with ``locked``, metadata.json
     against the lock file); raise KernelUnavailable if not."""
-    from kernels._rust import Digest, DigestAlgorithm, DigestValidationError
-
-    from .integrity import check_metadata, sha256_b64
-
+    Digest, DigestAlgorithm = _kernels.Digest, _kernels.DigestAlgorithm
     name = f"{path.parent.parent.name}/build/{path.name}" if path.parent.name == "build" else str(path)
     try:
         raw = (path / "metadata.json").read_bytes()
@@ -136,26 +122,9 @@ def verify_variant(path: Path, *, locked=None) -> None:
     try:
         actual = Digest.hash_variant(algorithm, path)
         expected.validate(actual)
-    except DigestValidationError as e:
+    except _kernels.DigestValidationError as e:
         problems = [str(v) for v in e.violations]
         more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
         raise KernelUnavailable(f"{name}: digest check failed: {'; '.join(problems[:3])}{more}", stage="verify")
     except OSError as e:
         raise KernelUnavailable(f"{name}: cannot read files to verify them ({e})", stage="verify")
-
-
-def discard_variant(path: Path) -> None:
-    """Remove a refused variant's snapshot entries and the blobs only they point to (a blob shared with another
-    snapshot, e.g. an unchanged file in the next version, stays)."""
-    if not path.exists():
-        return
-    targets = {p.resolve() for p in path.rglob("*") if p.is_symlink()}
-    snapshots = path.parents[2] if path.parent.name == "build" else None  # <repo>/snapshots/<commit>/build/<v>
-    shutil.rmtree(path, ignore_errors=True)
-    if snapshots is not None and snapshots.name == "snapshots":
-        for p in snapshots.rglob("*"):
-            if p.is_symlink():
-                targets.discard(p.resolve())
-    for target in targets:
-        if target.is_file() and target.parent.name == "blobs":
-            target.unlink(missing_ok=True)

@@ -1,11 +1,10 @@
-"""A local Hugging Face Hub (olah on loopback) and publishing of built kernels into it.
+"""A local Hugging Face Hub: olah on loopback serving a folder of git repos. It knows nothing of publishing
+(that is :mod:`kernel_loader.publish`, which writes the repos this serves).
 
 Layout served (olah's `mirrors-path`): ``ROOT/kernels/<org>/<name>`` is a *bare* git repo per kernel; versions
 are branches ``v1``, ``v2``, ... branched from ``main``. olah reads objects and refs with GitPython, so bare and
 non-bare repos both work; we create bare ones because nobody edits a working tree there and a checked-out
-branch would go stale when we move it. Publishing uses git plumbing (a private index, ``commit-tree``,
-``update-ref`` with the old value) so it never touches a working tree, needs no git config, and a concurrent
-publish to the same branch fails loudly instead of losing a commit.
+branch would go stale when we move it.
 
 olah's own state (config, logs, its upstream cache which stays empty offline) lives in ``ROOT/.olah``, never
 in the caller's working directory. Clients reach the Hub with ``HF_ENDPOINT=http://127.0.0.1:PORT``.
@@ -15,35 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = [
-    "LocalHub",
-    "PublishResult",
-    "start_local_hub",
-    "serve_forever",
-    "publish_local",
-    "kernel_repo_path",
-    "validate_repo_id",
-]
+from .spec import validate_repo_id
+
+__all__ = ["LocalHub", "check_servable", "free_port", "kernel_repo_path", "port_open", "serve_forever", "start_local_hub"]
 
 _LOOPBACK = "127.0.0.1"
 _STATE_DIR = ".olah"
-_GIT_IDENTITY = {
-    "GIT_AUTHOR_NAME": "kernel-loader",
-    "GIT_AUTHOR_EMAIL": "kernel-loader@localhost",
-    "GIT_COMMITTER_NAME": "kernel-loader",
-    "GIT_COMMITTER_EMAIL": "kernel-loader@localhost",
-}
-_NEVER_PUBLISH = ("__pycache__", "*.pyc", "*.pyo")
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -195,6 +181,7 @@ def start_local_hub(
     With ``front`` (what ``kernel-loader hub serve`` uses), olah listens on a private port and
     :class:`kernel_loader.hubfront.HubFront` on ``port``: it answers the stock clients' publisher-trust check for
     ``trusted_orgs`` (and those in ``<root>/trusted-orgs``) and full ref names, and forwards the rest to olah.
+
     ``port=None`` picks a free port. Raises ``RuntimeError`` with the tail of olah's log if it exits or does
     not answer within ``timeout`` seconds, and ``OSError`` if the requested port is already taken.
     With ``die_with_parent`` (Linux) olah also exits when this process dies without calling ``stop()``.
@@ -267,9 +254,12 @@ def start_local_hub(
         time.sleep(0.1)
 
 
-def serve_forever(root: Path | str, port: int | None = None, trusted_orgs: list[str] | tuple[str, ...] = ()) -> int:
+def serve_forever(root: Path | str, port: int | None = None, *,
+                  on_ready: Callable[[LocalHub], None] | None = None,
+                  trusted_orgs: list[str] | tuple[str, ...] = ()) -> str | None:
     """Run the Hub in the foreground (for ``kernel-loader hub serve``) until Ctrl-C or SIGTERM: olah behind the
-    front that answers stock clients' trust check for ``trusted_orgs`` and ``<root>/trusted-orgs``."""
+    front that answers stock clients' trust check for ``trusted_orgs`` and ``<root>/trusted-orgs``. ``on_ready``
+    is called with the running hub. Returns None when stopped by a signal, else why olah stopped by itself."""
     hub = start_local_hub(root, port, front=True, trusted_orgs=trusted_orgs)
     stopping = False
 
@@ -279,44 +269,23 @@ def serve_forever(root: Path | str, port: int | None = None, trusted_orgs: list[
 
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        from .hubfront import TRUSTED_ORGS_FILE
-
-        trusted = sorted(hub.front.trusted())
-        print(f"Serving {hub.root} (olah pid {hub.pid}, log {hub.log_path})", flush=True)
-        print(f"trusted kernel publishers: {', '.join(trusted) or 'none'} (--trusted-org ORG, or one org per "
-              f"line in {hub.root / TRUSTED_ORGS_FILE})", flush=True)
-        print(f"export HF_ENDPOINT={hub.endpoint}", flush=True)
+        if on_ready is not None:
+            on_ready(hub)
         while not stopping and hub.running():
             time.sleep(0.2)
         if not stopping:
-            print(f"olah exited with code {hub.process.returncode}; log tail:\n{_tail(hub.log_path)}",
-                  file=sys.stderr)
-            return 1
-        return 0
+            return f"olah exited with code {hub.process.returncode}; log tail:\n{_tail(hub.log_path)}"
+        return None
     finally:
         hub.stop()
         for s, handler in old.items():
             signal.signal(s, handler)
 
 
-# ---------------------------------------------------------------------------------------------- publish
-
-# Hub repo names: letters, digits, '-', '_', '.', starting and ending alphanumeric, no '--' or '..'.
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
-
-
-def validate_repo_id(repo_id: str) -> tuple[str, str]:
-    """Return ``(org, name)`` or raise ``ValueError`` saying what a valid Hub repo id looks like."""
-    rule = ("expected 'org/name' where each part has letters, digits, '-', '_' or '.', starts and ends with a "
-            "letter or digit, has no '--' or '..', and the whole id is at most 96 characters")
-    if not isinstance(repo_id, str):
-        raise ValueError(f"repo_id must be a string, got {type(repo_id).__name__}: {repo_id!r}; {rule}")
-    parts = repo_id.split("/")
-    if (len(parts) != 2 or len(repo_id) > 96
-            or any(not _NAME_RE.match(p) or "--" in p or ".." in p for p in parts)
-            or parts[1].endswith(".git")):
-        raise ValueError(f"invalid repo_id {repo_id!r}: {rule}")
-    return parts[0], parts[1]
+def kernel_repo_path(root: Path | str, repo_id: str) -> Path:
+    """Where the git repo of ``repo_id`` lives under a Hub root (what olah serves for repo_type='kernel')."""
+    org, name = validate_repo_id(repo_id)
+    return Path(root) / "kernels" / org / name
 
 
 # Names olah 0.5.4 cannot serve as kernel repos: its compact routes (/api/{type}/{org_repo}/tree/...,
@@ -326,159 +295,10 @@ _OLAH_RESERVED_NAMES = frozenset({"tree", "resolve", "xet-read-token"})
 _OLAH_RESERVED_ORGS = frozenset({"resolve"})
 
 
-def _check_servable(org: str, name: str) -> None:
+def check_servable(org: str, name: str) -> None:
     if name in _OLAH_RESERVED_NAMES or org in _OLAH_RESERVED_ORGS:
         raise ValueError(
             f"repo_id {org}/{name!s} cannot be served by the local Hub (olah routes treat "
             f"{(name if name in _OLAH_RESERVED_NAMES else org)!r} as part of the URL scheme); rename it. "
             f"Reserved names: {sorted(_OLAH_RESERVED_NAMES)}, reserved orgs: {sorted(_OLAH_RESERVED_ORGS)}"
         )
-
-
-def kernel_repo_path(root: Path | str, repo_id: str) -> Path:
-    """Where the git repo of ``repo_id`` lives under a Hub root (what olah serves for repo_type='kernel')."""
-    org, name = validate_repo_id(repo_id)
-    return Path(root) / "kernels" / org / name
-
-
-@dataclass(frozen=True)
-class PublishResult:
-    repo_id: str
-    branch: str
-    commit: str
-    variants: list[str]
-    repo_path: Path
-    changed: bool  # False when the branch already held exactly these files (no new commit)
-
-
-def _variant_dirs(build_dir: Path, only: list[str] | None) -> list[Path]:
-    from kernels.variants import parse_variant
-    from kernels._rust import Metadata
-
-    builds = build_dir / "build"
-    if not builds.is_dir():
-        raise ValueError(
-            f"build_dir {build_dir} has no build/ folder; expected build/<variant>/metadata.json "
-            "(e.g. build/torch213-cxx11-cpu-x86_64-linux/metadata.json)"
-        )
-    dirs = sorted(p for p in builds.iterdir() if p.is_dir() and p.name not in _NEVER_PUBLISH)
-    if only is not None:
-        have = {p.name for p in dirs}
-        missing = [v for v in only if v not in have]
-        if missing:
-            raise ValueError(f"variants {missing} not found in {builds}; have: {sorted(have) or 'none'}")
-        dirs = [p for p in dirs if p.name in set(only)]
-    if not dirs:
-        raise ValueError(f"{builds} contains no variant folders; expected build/<variant>/metadata.json")
-    for d in dirs:
-        try:
-            parse_variant(d.name)
-        except Exception as e:  # kernels raises ValueError or its own parse errors
-            raise ValueError(
-                f"{d} is not a valid build variant name ({e}); expected names like "
-                "torch213-cxx11-cpu-x86_64-linux, torch-stable-abi210-cu130-x86_64-linux or torch-cpu"
-            ) from None
-        meta = d / "metadata.json"
-        if not meta.is_file():
-            raise ValueError(f"variant {d} has no metadata.json; every build/<variant>/ needs one")
-        try:
-            Metadata.from_bytes(meta.read_bytes())
-        except Exception as e:
-            raise ValueError(f"{meta} is not valid kernel metadata: {e}") from None
-    return dirs
-
-
-def _check_digest(variant: Path) -> None:
-    """Refuse to publish files that do not match their metadata digest (clients verify it)."""
-    from kernels._rust import Digest, DigestAlgorithm, Metadata
-
-    expected = Metadata.read_from_file(variant / "metadata.json").digest
-    if expected is None:
-        return
-    actual = Digest.hash_variant(DigestAlgorithm.SHA256, variant)
-    try:
-        expected.validate(actual)
-    except Exception as e:
-        raise ValueError(f"files of {variant} do not match the digest in its metadata.json: {e}") from None
-
-
-class _Git:
-    """Runs git against one repository with a fixed identity and no dependence on user config."""
-
-    def __init__(self, git_dir: Path, index_file: Path | None = None):
-        self.git_dir = git_dir
-        self.env = {**os.environ, **_GIT_IDENTITY, "GIT_DIR": str(git_dir), "GIT_TERMINAL_PROMPT": "0"}
-        for k in ("GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY"):
-            self.env.pop(k, None)
-        if index_file is not None:
-            self.env["GIT_INDEX_FILE"] = str(index_file)
-
-    def __call__(self, *args: str, input: bytes | None = None, check: bool = True, work_tree: Path | None = None):
-        cmd = ["git", "-c", "core.autocrlf=false", "-c", "core.safecrlf=false", "-c", "gc.auto=0"]
-        if work_tree is not None:
-            cmd += ["--work-tree", str(work_tree)]
-        res = subprocess.run([*cmd, *args], env=self.env, input=input, capture_output=True)
-        if check and res.returncode != 0:
-            raise RuntimeError(
-                f"git {' '.join(args)} failed in {self.git_dir} ({res.returncode}): "
-                f"{res.stderr.decode(errors='replace').strip()}"
-            )
-        return res
-
-    def out(self, *args: str, **kw) -> str:
-        return self(*args, **kw).stdout.decode().strip()
-
-    def ref(self, name: str) -> str | None:
-        res = self("rev-parse", "--verify", "--quiet", f"{name}^{{commit}}", check=False)
-        return res.stdout.decode().strip() if res.returncode == 0 else None
-
-
-def _open_or_init(repo: Path, repo_id: str) -> _Git:
-    if repo.exists():
-        res = subprocess.run(["git", "-C", str(repo), "rev-parse", "--absolute-git-dir"], capture_output=True)
-        if res.returncode != 0:
-            raise ValueError(f"{repo} exists but is not a git repository; move it away or choose another root")
-        return _Git(Path(res.stdout.decode().strip()))
-    repo.mkdir(parents=True)
-    subprocess.run(["git", "init", "--bare", "--quiet", str(repo)], check=True, capture_output=True)
-    git = _Git(repo)
-    git("symbolic-ref", "HEAD", "refs/heads/main")
-    readme = (f"---\nlicense: other\ntags: [kernel]\n---\n# {repo_id}\n\n"
-              "Kernel repository published by kernel_loader. Versions are branches `v1`, `v2`, ...; "
-              "builds live in `build/<variant>/`.\n")
-    blob = git.out("hash-object", "-w", "--stdin", input=readme.encode())
-    tree = git.out("mktree", input=f"100644 blob {blob}\tREADME.md\n".encode())
-    commit = git.out("commit-tree", "--no-gpg-sign", tree, "-m", f"Create {repo_id}")
-    git("update-ref", "refs/heads/main", commit, "0" * 40)
-    return git
-
-
-def publish_local(
-    build_dir: Path | str,
-    repo_id: str,
-    root: Path | str,
-    version: int,
-    *,
-    message: str | None = None,
-    variants: list[str] | None = None,
-    verify_digest: bool = True,
-    allow_dirty: bool = False,
-    kernel_dir: Path | str | None = None,
-) -> PublishResult:
-    """Commit ``build_dir/build/<variant>/`` folders to branch ``v<version>`` of the local Hub repo.
-
-    Each published variant's folder on the branch is replaced wholesale (a file removed from the build
-    disappears from the branch); variants not being published stay. ``__pycache__`` and ``*.pyc`` are never
-    committed. ``variants`` restricts the publish to those folder names. With ``verify_digest`` (default) a
-    variant whose files do not match its metadata.json digest is refused. A build from a dirty tree and a public
-    API change on an existing branch are refused too (see :mod:`kernel_loader.publish`, which plans and executes
-    this); ``allow_dirty`` permits the first. ``kernel_dir`` (default: ``build_dir`` if it has a build.toml) is
-    git-checked and gives CARD.md for main's README.
-    """
-    from .publish import LocalGitTarget, check_version, plan_publish
-
-    target = LocalGitTarget(root, repo_id)  # validates the id first: a bad id is the clearest error
-    check_version(version)
-    plan = plan_publish(build_dir, target, version, variants=variants, message=message, kernel_dir=kernel_dir,
-                        allow_dirty=allow_dirty, verify_digest=verify_digest)
-    return target.execute(plan)

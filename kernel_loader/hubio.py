@@ -78,9 +78,10 @@ def file_url(repo_id: str, commit: str, path: str) -> str:
 def _headers() -> dict[str, str]:
     from huggingface_hub.utils import build_hf_headers
 
-    from . import __version__
+    from ._version import __version__
+    from .hub_client import LIBRARY_NAME
 
-    return build_hf_headers(library_name="kernel-loader", library_version=__version__)
+    return build_hf_headers(library_name=LIBRARY_NAME, library_version=__version__)
 
 
 def _timeout(download: bool):

@@ -8,8 +8,8 @@ line that names the real cause:
 - a 404 for a listing of something that exists one level up: what is missing ("v1 has no build/ folder");
 - a 500 (or 501, 505..): "the Hub answered HTTP 500 for ... (a server error, not a connectivity problem)",
   never offline advice;
-- no answer (connection, timeout, 502-504 from a gateway): :class:`HubUnreachable`, which resolution turns into a
-  cache lookup;
+- no answer (connection, timeout, 502-504 from a gateway): :class:`~kernel_loader.hub_client.HubUnreachable`,
+  which resolution turns into a cache lookup;
 - an answer we refuse (a name that leaves its folder, a size over a limit, bytes not matching the listed id):
   the refusal itself, naming the value.
 """
@@ -24,22 +24,12 @@ from pathlib import Path
 from . import hubio
 from .containment import (Limits, ListedFile, check_inside, check_metadata_size, check_variant_name, listed_file,
                           plan_variant)
-from .fallback import KernelUnavailable
+from .cache import atomic_write, cache_dir
+from .errors import KernelUnavailable
+from .hub_client import HubServerError, HubUnreachable
 from .integrity import check_commit, check_metadata
 
 MAX_JSON_BYTES = 4 << 20  # refs, revision and overview answers (a real one is a few KiB)
-
-
-class HubUnreachable(Exception):
-    """The Hub gave no usable answer (resolution may use the cache instead)."""
-
-
-class HubServerError(HubUnreachable):
-    """The Hub answered with a server error: resolution may use the cache, but a miss names the error."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass
@@ -219,7 +209,7 @@ def download_variant(spec, repo_folder: Path, commit: str, variant: str) -> Path
             _link(vdir / f.path, blob, repo_folder, where)
         meta_entry = listing["metadata.json"]
         meta_blob = blobs / meta_entry.blob_id
-        _write_atomic(meta_blob, raw)
+        atomic_write(meta_blob, raw)
         _link(vdir / "metadata.json", meta_blob, repo_folder, where)
     return vdir
 
@@ -227,8 +217,6 @@ def download_variant(spec, repo_folder: Path, commit: str, variant: str) -> Path
 @contextlib.contextmanager
 def _cache_writes(spec):
     """A local file-system error is named as one (disk full, read-only cache), not as a Hub problem."""
-    from .resolve import cache_dir
-
     try:
         yield
     except OSError as e:
@@ -259,9 +247,3 @@ def _link(link: Path, blob: Path, repo_folder: Path, where: str) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    from .cachestate import atomic_write
-
-    atomic_write(path, data)

@@ -12,10 +12,16 @@ import hashlib
 import re
 from pathlib import Path
 
+from . import _kernels
+from .spec import is_commit
+
 MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
 MAX_PATH_CHARS = 512
+# Our builds write _<python name>_<backend>_<rev> (kernel_loader/build/variant.py: ops_id_for); kernel-builder's
+# ids have the same leading underscore. Requiring it keeps ids out of the namespace of importable top-level modules.
+_BUILD_ID_RE = re.compile(r"^_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+$")
+_BUILD_ID_MAX = 200
 _B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 
 def safe_relpath(name: object, *, what: str) -> str:
@@ -36,7 +42,7 @@ def safe_relpath(name: object, *, what: str) -> str:
 
 
 def check_commit(value: object, *, what: str) -> str:
-    if not isinstance(value, str) or not _COMMIT_RE.match(value):
+    if not is_commit(value):
         raise ValueError(f"{what}: commit {value!r} is not 40 lowercase hex digits")
     return value
 
@@ -57,17 +63,13 @@ def check_digest_files(files: object, *, what: str) -> dict[str, str]:
 def check_metadata(raw: bytes, *, where: str):
     """Parse a variant's metadata.json as the `kernels` library does, then refuse what we cannot use safely:
     a build id that is not a plain module name (it becomes ``sys.modules[id]``) and digest paths that leave the
-    variant folder. Returns ``kernels._rust.Metadata``."""
-    from kernels._rust import Metadata
-
+    variant folder. Returns the `kernels` library's ``Metadata``."""
     if len(raw) > MAX_METADATA_BYTES:
         raise ValueError(f"{where}: metadata.json is {len(raw)} bytes; at most {MAX_METADATA_BYTES} are accepted")
     try:
-        meta = Metadata.from_bytes(raw)
+        meta = _kernels.Metadata.from_bytes(raw)
     except (ValueError, OverflowError, TypeError) as e:
         raise ValueError(f"{where}: metadata.json is invalid ({one_line(e)})") from None
-    from .containment import check_build_id
-
     check_build_id(meta.id, where=where)
     if meta.digest is not None:
         check_digest_files(dict(meta.digest.files), what=f"{where}: metadata.json")
@@ -90,3 +92,25 @@ def file_sha256_b64(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return base64.b64encode(h.digest()).decode()
+
+
+def check_build_id(name: object, *, where: str) -> str:
+    """A metadata.json ``id``: the shape our builds write, and no module Python could import by that name."""
+    import importlib.util
+    import sys
+
+    rule = ("'_<name>_<backend>_<rev>' (a leading underscore, letters and digits in '_'-separated parts, e.g. "
+            "'_flash_attn2_cpu_1a2b3c4')")
+    if not isinstance(name, str) or len(name) > _BUILD_ID_MAX or not _BUILD_ID_RE.match(name):
+        raise ValueError(f"{where}: metadata.json id {name!r:.80} is not a kernel build id; expected {rule}")
+    if name in sys.builtin_module_names or name in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"{where}: metadata.json id {name!r} is the name of a standard-library module; expected {rule}")
+    if name not in sys.modules:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None:
+            raise ValueError(f"{where}: metadata.json id {name!r} would shadow the importable module at "
+                             f"{found.origin or found.name}; expected a build id no other module uses")
+    return name

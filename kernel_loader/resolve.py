@@ -12,18 +12,18 @@ read. Every failure raises :class:`KernelUnavailable` with a one-line reason.
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .fallback import KernelUnavailable
-from .hubrepo import HubServerError, HubUnreachable
-from .spec import KernelSpec
+from . import _kernels, hubrepo
+from .cache import cache_dir, read_ref, refs_dir, snapshot_build, variant_path
+from .cachestate import cached_listing, listing_ttl
+from .containment import Limits
+from .errors import KernelUnavailable
+from .hub_client import HubServerError, HubUnreachable, hub_endpoint, hub_offline
+from .integrity import check_metadata
+from .spec import KernelSpec, branch_of_version, is_commit, version_branches, version_of_branch
 from .system import SystemInfo
-
-_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+from .variants import parse_variants
 
 
 @dataclass(frozen=True)
@@ -49,31 +49,6 @@ class Resolution:
         if len(rejected) > limit:
             parts.append(f"... {len(rejected) - limit} more")
         return "have: " + ("; ".join(parts) if parts else "no variants at all")
-
-
-def cache_dir() -> str:
-    """Where kernels live: KERNELS_CACHE if set (as the `kernels` client does), else the HF hub cache."""
-    from huggingface_hub import constants
-
-    return os.environ.get("KERNELS_CACHE") or constants.HF_HUB_CACHE
-
-
-def hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE)
-
-
-def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
-def repo_cache_path(repo_id: str) -> Path:
-    from huggingface_hub.file_download import repo_folder_name
-
-    return Path(cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type="kernel")
 
 
 def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None) -> Resolution:
@@ -102,89 +77,71 @@ def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]
     if want not in versions:
         have = ", ".join(f"v{v}" for v in sorted(versions))
         raise KernelUnavailable(f"{spec.repo_id} has no version v{want}; have: {have}", stage="resolve")
-    return f"v{want}", versions[want]
+    return branch_of_version(want), versions[want]
+
+
+def pin_revision(spec: KernelSpec, *, ttl: float | None = None) -> tuple[str, str]:
+    """(revision, commit) the Hub gives for ``spec``: the asked-for or newest ``vN`` branch, a tag or branch, or
+    a commit as is. Listings are cached on disk for ``ttl`` seconds (default ``KERNEL_LOADER_LISTING_TTL``) so
+    that N ranks starting together ask the Hub once; what comes back from the cache file is validated like a Hub
+    answer."""
+    ttl = listing_ttl() if ttl is None else ttl
+    if spec.revision is None or spec.version is not None:
+        def list_versions():
+            found = version_branches(hubrepo.list_refs(spec).branches.items())
+            return {str(n): c for n, c in found.items()}
+
+        raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=ttl) if ttl else list_versions()
+        if not _valid_versions(raw):
+            raw = list_versions()
+        return _pick_version(spec, {int(k): v for k, v in raw.items()})
+    if is_commit(spec.revision):
+        return spec.revision, spec.revision
+    revision = spec.revision
+
+    def revision_commit():
+        return hubrepo.revision_commit(spec, revision)
+
+    commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=ttl) if ttl else revision_commit()
+    if not is_commit(commit):
+        commit = revision_commit()
+    return revision, commit
+
+
+def list_variants(spec: KernelSpec, revision: str, commit: str) -> list[str]:
+    """The folder names under build/ at ``commit`` (a commit's tree never changes: the listing is cached for good).
+    Whether each is a variant is decided by :func:`kernel_loader.variants.parse_variants`."""
+    def listing():
+        return hubrepo.list_variant_names(spec, revision, commit, Limits.from_env())
+
+    names = cached_listing(spec.repo_id, f"variants@{commit}", listing)
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        names = listing()
+    return names
 
 
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
-    from . import hubrepo
-    from .cachestate import cached_listing, listing_ttl
-    from .containment import Limits
-
-    # Listings are cached on disk (refs for a short TTL, a commit's variants for good) so that N ranks starting
-    # together ask the Hub once; what comes back from the cache file is validated like a Hub answer.
-    if spec.revision is None or spec.version is not None:
-        def list_versions():
-            return version_branches(hubrepo.list_refs(spec))
-
-        raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=listing_ttl())
-        if not _valid_versions(raw):
-            raw = list_versions()
-        revision, commit = _pick_version(spec, {int(k): v for k, v in raw.items()})
-    elif _COMMIT_RE.match(spec.revision):
-        revision = commit = spec.revision
-    else:
-        revision = spec.revision
-
-        def revision_commit():
-            return hubrepo.revision_commit(spec, revision)
-
-        commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=listing_ttl())
-        if not isinstance(commit, str) or not _COMMIT_RE.match(commit):
-            commit = revision_commit()
-
-    def list_variants():
-        return hubrepo.list_variant_names(spec, revision, commit, Limits.from_env())
-
-    names = cached_listing(spec.repo_id, f"variants@{commit}", list_variants)
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        names = list_variants()
-    variants, invalid = _parse_variants(names, where=f"{spec.repo_id}@{revision}")
-    resolution = _decide(spec, revision, commit, variants, offline=False, invalid=invalid)
-    return _check_archs(spec, resolution, system, api="hub")
-
-
-def version_branches(refs) -> dict[str, str]:
-    """{'1': commit, ...} of the vN branches of a :class:`kernel_loader.hubrepo.Refs`."""
-    return {m.group(1): c for name, c in refs.branches.items() if (m := re.fullmatch(r"v([1-9][0-9]{0,5})", name))}
+    revision, commit = pin_revision(spec)
+    variants, invalid = parse_variants(list_variants(spec, revision, commit))
+    rejected = [VariantDecision(repr(n)[1:-1][:80], False, "not a valid variant folder name") for n in invalid]
+    resolution = _decide(spec, revision, commit, variants, offline=False, rejected=rejected)
+    return _check_archs(spec, resolution, system, online=True)
 
 
 def _valid_versions(raw) -> bool:
     return isinstance(raw, dict) and all(
-        isinstance(k, str) and re.fullmatch(r"[1-9][0-9]{0,5}", k) and isinstance(v, str) and _COMMIT_RE.match(v)
-        for k, v in raw.items())
-
-
-def _parse_variants(names: list[str], *, where: str) -> tuple[list, list[VariantDecision]]:
-    """(variant objects, rejections) for listed folder names: a name that is not a variant (or not a safe folder
-    name) is rejected with the reason, so a fallback can say why nothing fit."""
-    from kernels.variants import parse_variant
-
-    from .containment import check_variant_name
-
-    out, invalid = [], []
-    for n in names:
-        try:
-            check_variant_name(n, where=where)
-            out.append(parse_variant(n))
-        except Exception:
-            invalid.append(VariantDecision(repr(n)[1:-1][:80], False, "not a valid variant folder name"))
-    return out, invalid
+        isinstance(k, str) and version_of_branch(f"v{k}") is not None and is_commit(v) for k, v in raw.items())
 
 
 def _cached_revisions(spec: KernelSpec) -> tuple[str, str] | None:
-    refs = repo_cache_path(spec.repo_id) / "refs"
-    if spec.revision is not None and _COMMIT_RE.match(spec.revision):
+    if spec.revision is not None and is_commit(spec.revision):
         return spec.revision, spec.revision
     if spec.revision is not None and spec.version is None:
-        ref = refs / spec.revision
-        commit = ref.read_text().strip() if ref.is_file() else ""
-        return (spec.revision, commit) if _COMMIT_RE.match(commit) else None
-    versions = {}
-    if refs.is_dir():
-        for p in refs.iterdir():
-            m = re.fullmatch(r"v([1-9][0-9]*)", p.name)
-            if m and p.is_file() and _COMMIT_RE.match(commit := p.read_text().strip()):
-                versions[int(m.group(1))] = commit
+        commit = read_ref(spec.repo_id, spec.revision) or ""
+        return (spec.revision, commit) if is_commit(commit) else None
+    refs = refs_dir(spec.repo_id)
+    versions = version_branches((p.name, p.read_text().strip()) for p in refs.iterdir()
+                                if p.is_file() and version_of_branch(p.name)) if refs.is_dir() else {}
     if not versions:
         return None
     return _pick_version(spec, versions)
@@ -200,15 +157,15 @@ def _resolve_cached(spec: KernelSpec, system: SystemInfo, *, why: str) -> Resolu
             stage="resolve",
         )
     revision, commit = found
-    build = repo_cache_path(spec.repo_id) / "snapshots" / commit / "build"
+    build = snapshot_build(spec.repo_id, commit)
     # Only variants whose metadata.json was fully downloaded count as cached.
     variants = [v for v in get_variants_local(build) if (build / v.variant_str / "metadata.json").is_file()]
     resolution = _decide(spec, revision, commit, variants, offline=True)
-    return _check_archs(spec, resolution, system, api=None)
+    return _check_archs(spec, resolution, system, online=False)
 
 
 def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool,
-            invalid: list[VariantDecision] = ()) -> Resolution:
+            rejected: list[VariantDecision] = ()) -> Resolution:
     from kernels.variants import VariantAccepted, resolve_variants
 
     chosen, trace = resolve_variants(variants) if variants else ([], [])
@@ -222,35 +179,29 @@ def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: 
             if isinstance(d, VariantAccepted)
             else VariantDecision(d.variant.variant_str, False, d.reason)
             for d in trace
-        ] + list(invalid),
+        ] + list(rejected),
         offline=offline,
     )
 
 
-def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tuple[str, list[str] | None]:
+def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, online: bool) -> tuple[str, list[str] | None]:
     """(backend type, declared archs) from the variant's metadata.json: read from the cache offline, else from
     the Hub into memory only (its size checked from the listing first; nothing is written to the cache)."""
-    from .containment import Limits
-    from .hubrepo import read_metadata
-    from .integrity import check_metadata
-
     where = f"{res.repo_id} variant {variant}"
     try:
-        if api is None:
-            path = repo_cache_path(res.repo_id) / "snapshots" / res.commit / "build" / variant / "metadata.json"
-            meta = check_metadata(path.read_bytes(), where=where)
+        if online:
+            _, meta, _ = hubrepo.read_metadata(spec, res.commit, variant, Limits.from_env(), stage="resolve")
         else:
-            _, meta, _ = read_metadata(spec, res.commit, variant, Limits.from_env(), stage="resolve")
+            meta = check_metadata((variant_path(res.repo_id, res.commit, variant) / "metadata.json").read_bytes(),
+                                  where=where)
         archs = meta.backend.archs
         return str(meta.backend.backend_type), None if archs is None else [str(a) for a in archs]
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise KernelUnavailable(f"{where}: unreadable metadata.json ({e})", stage="resolve")
 
 
-def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) -> Resolution:
+def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, online: bool) -> Resolution:
     """Reject accepted CUDA variants whose declared archs exclude this GPU; keep the first that fits."""
-    from kernels.archs import _supports_cuda_capability
-
     if res.variant is None or system.gpu_capability is None:
         return res
     major, minor = (int(x) for x in system.gpu_capability.split("."))
@@ -258,8 +209,8 @@ def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) 
     for i, d in enumerate(trace):
         if not d.accepted:
             continue
-        backend, archs = _metadata_archs(spec, res, d.variant, api)
-        if backend == "cuda" and archs and not _supports_cuda_capability(archs, (major, minor)):
+        backend, archs = _metadata_archs(spec, res, d.variant, online)
+        if backend == "cuda" and archs and not _kernels.supports_cuda_capability(archs, (major, minor)):
             trace[i] = VariantDecision(
                 d.variant, False, f"GPU capability {system.gpu_capability} not in the build's archs {','.join(archs)}")
             continue

@@ -10,6 +10,11 @@ Grammar (the same strings transformers accepts as ``attn_implementation``)::
 
 A version can also be given as a keyword (``load(spec, version=2)``), which maps to the Hub branch ``v2``.
 Without a revision or version the newest ``vN`` branch of the repo is used.
+
+This module is the only place that spells the Hub's names: repo ids (:func:`parse_spec`, and the stricter
+publishing rule :func:`validate_repo_id`), version branches ``vN`` (:func:`version_of_branch`,
+:func:`branch_of_version`) and commits (:func:`is_commit`). ``:FUNCTION`` must be a public identifier: a
+dunder or ``_private`` name is refused here, before anything touches the network.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ _REPO_RE = re.compile(rf"^{_PART}/{_PART}$")
 _REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")
 _FN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION_BRANCH_RE = re.compile(r"^v([1-9][0-9]{0,5})$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 
 PAGED_PREFIX = "paged|"
 
@@ -84,6 +90,9 @@ def parse_spec(text: str | KernelSpec, *, version: int | None = None) -> KernelS
         s, function = s.rsplit(":", 1)
         if not _FN_RE.match(function):
             raise ValueError(f"kernel spec {raw!r}: function {function!r} is not a Python identifier")
+        if function.startswith("_"):
+            raise ValueError(f"kernel spec {raw!r}: function {function!r} is private (starts with '_'); name a "
+                             "public function of the kernel, e.g. 'flash_attn_func'")
     revision = None
     if "@" in s:
         s, revision = s.split("@", 1)
@@ -98,9 +107,7 @@ def parse_spec(text: str | KernelSpec, *, version: int | None = None) -> KernelS
             "e.g. 'kernels-community/flash-attn2')"
         )
 
-    spec_version = None
-    if revision is not None and (m := _VERSION_BRANCH_RE.match(revision)):
-        spec_version = int(m.group(1))
+    spec_version = version_of_branch(revision) if revision is not None else None
     spec = KernelSpec(repo_id=s, revision=revision, version=spec_version, function=function, paged=paged)
     if version is not None:
         spec = _with_version(spec, version, raw)
@@ -114,4 +121,48 @@ def _with_version(spec: KernelSpec, version: int, raw: str) -> KernelSpec:
         raise ValueError(
             f"kernel spec {raw!r} names revision {spec.revision!r} and version={version}; give only one"
         )
-    return KernelSpec(spec.repo_id, f"v{version}", version, spec.function, spec.paged)
+    return KernelSpec(spec.repo_id, branch_of_version(version), version, spec.function, spec.paged)
+
+
+def version_of_branch(name: str) -> int | None:
+    """N for a version branch ``vN`` (N >= 1, no leading zero), else None."""
+    m = _VERSION_BRANCH_RE.match(name) if isinstance(name, str) else None
+    return int(m.group(1)) if m else None
+
+
+def branch_of_version(version: int) -> str:
+    return f"v{version}"
+
+
+def version_branches(branches) -> dict[int, str]:
+    """{N: commit} from (branch name, target commit) pairs, keeping version branches with a valid commit."""
+    out = {}
+    for name, commit in branches:
+        n = version_of_branch(name)
+        if n is not None and is_commit(commit):
+            out[n] = commit
+    return out
+
+
+def is_commit(value: object) -> bool:
+    """A full commit id: 40 lowercase hex digits."""
+    return isinstance(value, str) and COMMIT_RE.match(value) is not None
+
+
+# Publishing is stricter than parsing: what we create must also be a name the Hub accepts (<= 96 characters in
+# all, no '.git' suffix).
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+
+
+def validate_repo_id(repo_id: str) -> tuple[str, str]:
+    """Return ``(org, name)`` or raise ``ValueError`` saying what a valid Hub repo id looks like."""
+    rule = ("expected 'org/name' where each part has letters, digits, '-', '_' or '.', starts and ends with a "
+            "letter or digit, has no '--' or '..', and the whole id is at most 96 characters")
+    if not isinstance(repo_id, str):
+        raise ValueError(f"repo_id must be a string, got {type(repo_id).__name__}: {repo_id!r}; {rule}")
+    parts = repo_id.split("/")
+    if (len(parts) != 2 or len(repo_id) > 96
+            or any(not _NAME_RE.match(p) or "--" in p or ".." in p for p in parts)
+            or parts[1].endswith(".git")):
+        raise ValueError(f"invalid repo_id {repo_id!r}: {rule}")
+    return parts[0], parts[1]

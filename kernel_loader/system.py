@@ -1,6 +1,7 @@
 """What this machine is, in the terms build variants are named by.
 
-The backend detection is the `kernels` library's own (``kernels.backends._backend``) so that our view of the
+The backend detection is the `kernels` library's own (its private ``_backend``, reached through
+:mod:`kernel_loader._kernels`) so that our view of the
 machine and the stock client's never disagree; we only add what it does not report (GPU capability and name,
 CPU features, glibc) for ``doctor`` and for error messages.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import functools
 import platform
 from dataclasses import asdict, dataclass, field
+
+from . import _kernels
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,8 @@ def _cpu_features() -> tuple[str, ...]:
 def detect() -> SystemInfo:
     """Detect once per process; the answer cannot change while torch is loaded."""
     import torch
-    from kernels.backends import _backend
 
-    from kernels.hf_hub import _platform
-
-    machine, os_name = _platform().split("-", 1)
+    machine, os_name = _kernels.platform().split("-", 1)
     ver = torch.__version__.split("+")[0].split(".")
     gpu_name = gpu_cap = None
     if torch.cuda.is_available():
@@ -80,7 +80,7 @@ def detect() -> SystemInfo:
         torch_version=f"{ver[0]}.{ver[1]}",
         torch_full_version=torch.__version__,
         cxx11_abi=torch.compiled_with_cxx11_abi() if os_name == "linux" else None,
-        backend=_backend().variant_str,
+        backend=_kernels.backend().variant_str,
         platform=machine,
         os=os_name,
         cuda_version=torch.version.cuda,

@@ -10,15 +10,15 @@ is refused unless the allow-list names it.
 
 from __future__ import annotations
 
-import os
-
-from .fallback import KernelUnavailable
+from .cachestate import trust_record
+from .env import env_text
+from .errors import KernelUnavailable
 from .spec import KernelSpec
 
 
 def allow_list(trust: str | list[str] | tuple[str, ...] | None = None) -> tuple[str, ...]:
     if trust is None:
-        trust = os.environ.get("KERNEL_LOADER_TRUST", "")
+        trust = env_text("KERNEL_LOADER_TRUST") or ""
     if isinstance(trust, str):
         trust = trust.split(",")
     entries = tuple(t.strip() for t in trust if t and t.strip())
@@ -34,8 +34,6 @@ def check_trust(spec: KernelSpec, *, offline: bool, trust=None) -> str:
     if "*" in entries or spec.repo_id in entries or spec.org in entries:
         return "allow-list"
     if offline:
-        from .cachestate import trust_record
-
         if trust_record(spec.repo_id):
             return "offline-cache"
         raise KernelUnavailable(
@@ -74,8 +72,6 @@ def hub_trusts(org: str) -> tuple[bool, str]:
 
 def check_offline_commit(repo_id: str, commit: str) -> None:
     """After an offline resolution trusted via the cache record: the commit itself must be one that was trusted."""
-    from .cachestate import trust_record
-
     commits = trust_record(repo_id)
     if commit not in commits:
         have = ", ".join(c[:12] for c in sorted(commits)) or "none"

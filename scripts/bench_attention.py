@@ -51,28 +51,9 @@ def import_kernel(repo: str, package: str, namespace: str):
 
 def ref_attention(q, k, v, causal=False, window=(-1, -1), softcap=0.0, scale=None):
     """float64 (B, S, H, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq); bottom-right; empty rows 0 / -inf."""
-    q, k, v = q.double(), k.double(), v.double()
-    b, sq, hq, d = q.shape
-    sk, hk = k.shape[1], k.shape[2]
-    scale = d ** -0.5 if scale is None else scale
-    k = k.repeat_interleave(hq // hk, 2)
-    v = v.repeat_interleave(hq // hk, 2)
-    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
-    if softcap:
-        s = softcap * torch.tanh(s / softcap)
-    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    j = torch.arange(sk, device=q.device)[None, :]
-    ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if causal:
-        ok &= j <= i
-    if window[0] >= 0:
-        ok &= j >= i - window[0]
-    if window[1] >= 0:
-        ok &= j <= i + window[1]
-    s = s.masked_fill(~ok, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - lse[..., None]).nan_to_num(0.0)
-    return torch.einsum("bhqk,bkhd->bqhd", p, v), lse
+    from kernel_loader.reference import attention_reference
+
+    return attention_reference(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, return_lse=True)
 
 
 def rel(a, b):

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "kernel_repos" / "paged-attention" / "torch-ext"))
 sys.path.insert(0, str(ROOT / "kernel_repos" / "paged-attention" / "tests"))
 sys.path.insert(0, str(ROOT / "kernel_repos" / "sliding-window" / "torch-ext"))
 sys.path.insert(0, str(ROOT))
-from kernel_loader.selftest import attention_reference  # noqa: E402  (the float64 flash-semantics reference)
+from kernel_loader.reference import attention_reference  # noqa: E402  (the float64 flash-semantics reference)
 
 import paged_attention as pa  # noqa: E402
 from paged_attention import ops as pa_ops  # noqa: E402

@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from kernel_loader.build import build_variant  # noqa: E402
-from kernel_loader.hub import publish_local, start_local_hub  # noqa: E402
+from kernel_loader.hub import start_local_hub  # noqa: E402
+from kernel_loader.publish import publish_local  # noqa: E402
 
 REPO = "kernels-community/flash-attn2"
 
@@ -34,7 +35,7 @@ def main() -> int:
 
     step("1/4 build kernel_repos/flash-attn2 for this machine")
     t = time.perf_counter()
-    built = build_variant(ROOT / "kernel_repos" / "flash-attn2")
+    built = build_variant(ROOT / "kernel_repos" / "flash-attn2", progress=lambda line: print(line, file=sys.stderr))
     print(f"built {built.variant} in {time.perf_counter() - t:.1f}s -> {built.path}")
 
     step(f"2/4 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")

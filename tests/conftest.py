@@ -120,7 +120,7 @@ def hub_api(local_hub):
 @pytest.fixture
 def hub_publish(local_hub):
     """``hub_publish(build_dir, repo_id, version, **kw) -> PublishResult`` into the session Hub."""
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     def publish(build_dir, repo_id: str, version: int = 1, **kw):
         return publish_local(build_dir, repo_id, local_hub.root, version, **kw)
@@ -180,7 +180,7 @@ def built_flash_attn2(tmp_path_factory):
 @pytest.fixture(scope="session")
 def published_flash_attn2(local_hub, built_flash_attn2, session_env_trust):
     """Repo id of the real CPU flash-attn2 kernel published as v1 on the session's local Hub."""
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     # allow_dirty: the session builds the working tree, which is dirty whenever someone is editing it.
     publish_local(built_flash_attn2.path.parent.parent, FLASH_ATTN2_REPO, local_hub.root, 1, allow_dirty=True)

@@ -15,14 +15,14 @@ import torch
 from kernel_loader.build import (
     BuildConfigError,
     BuildError,
-    add_build_arguments,
     build_variant,
     parse_target,
     host_variant,
     load_build_config,
-    run_build,
     source_hash,
 )
+from kernel_loader.cli import main as cli
+from kernel_loader.cli.build import add_build_arguments
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -345,12 +345,13 @@ def test_cli_helpers_report_errors_with_exit_codes(tmp_path, capsys):
     args = parser.parse_args([str(tmp_path), "--variant", "torch213-cxx11-cpu-x86_64-linux", "--out", "o", "-j", "2"])
     assert (args.kernel_dir, args.variant, args.out, args.jobs, args.verbose) == (
         tmp_path, ["torch213-cxx11-cpu-x86_64-linux"], Path("o"), 2, False)
-    assert run_build(args) == 2
+    # `kernel-loader build`: one exit-code mapping (bad build.toml 2, build error 1) with one "error:" line
+    assert cli(["build", str(tmp_path), "--variant", "torch213-cxx11-cpu-x86_64-linux", "--out", "o", "-j", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no build.toml here" in err
     kdir = write_kernel(tmp_path / "k")
     args = parser.parse_args([str(kdir), "--variant", "torch299-cxx11-cpu-x86_64-linux"])
-    assert run_build(args) == 1
+    assert cli(["build", str(kdir), "--variant", "torch299-cxx11-cpu-x86_64-linux"]) == 1
     assert "needs torch 2.99" in capsys.readouterr().err
 
 

@@ -305,7 +305,7 @@ def test_three_flash_attn2_variants_build_publish_and_resolve(tmp_path, local_hu
     from kernels._rust import Digest, DigestAlgorithm, Metadata
 
     from kernel_loader.build import build_variants
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     python = _cu130_python()
     assert python is not None, "no torch 2.14 cu130 venv found (python -m venv .venv-cu130 && pip install torch==2.14.1)"

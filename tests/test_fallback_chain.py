@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kernel_loader import api
-from kernel_loader.fallback import KernelUnavailable
+from kernel_loader.errors import KernelUnavailable
 
 from reference import attention_ref
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def published_flash_attn3(local_hub, session_env_trust, tmp_path_factory):
     from kernel_loader.build import build_variant
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     out = tmp_path_factory.mktemp("flash-attn3-build")
     built = build_variant(FA3_DIR, out_dir=out / "build", variant="torch-cuda", progress=lambda _m: None)

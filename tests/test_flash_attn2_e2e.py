@@ -203,12 +203,12 @@ def test_packing_found_once_per_position_ids_tensor(fa2):
     q, k, v = rand(1, hq, 16, d), rand(1, hq, 16, d), rand(1, hq, 16, d)
     module = torch.nn.Module()
     module.is_causal = True
-    first = adapters._packing(pos)
+    first = adapters.flash._packing(pos)
     assert first[0].tolist() == [0, 6, 16] and first[1] == 10
-    assert adapters._packing(pos) is first  # remembered: no second search
+    assert adapters.flash._packing(pos) is first  # remembered: no second search
     out_packed, _ = fa2.attention(module, q, k, v, None, position_ids=pos)
     pos.copy_(torch.arange(16)[None])  # now one sequence: the memo must notice
-    assert adapters._packing(pos) is None
+    assert adapters.flash._packing(pos) is None
     out_one, _ = fa2.attention(module, q, k, v, None, position_ids=pos)
     ref, _ = attention_ref(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
     torch.testing.assert_close(out_one.double(), ref, atol=2e-5, rtol=2e-5)

@@ -14,13 +14,9 @@ from pathlib import Path
 import pytest
 
 TINY_VARIANT = "torch-cpu"  # the default variant of the tiny_kernel fixture (tests/conftest.py)
-from kernel_loader.hub import (
-    kernel_repo_path,
-    port_open,
-    publish_local,
-    start_local_hub,
-    validate_repo_id,
-)
+from kernel_loader.hub import kernel_repo_path, port_open, start_local_hub
+from kernel_loader.publish import publish_local
+from kernel_loader.spec import validate_repo_id
 
 CUDA_VARIANT = "torch29-cxx11-cu126-x86_64-linux"  # never loadable on this CPU-only torch
 
@@ -212,8 +208,8 @@ def test_start_and_stop(tmp_path):
 
 
 def test_serve_forever_stops_on_sigterm(tmp_path):
-    code = ("import sys; from kernel_loader.hub import serve_forever; "
-            "sys.exit(serve_forever(sys.argv[1]))")
+    code = ("import sys; from kernel_loader.cli import main; "
+            "sys.exit(main(['hub', 'serve', '--root', sys.argv[1]]))")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], stdout=subprocess.PIPE,
                             text=True, cwd=Path(__file__).resolve().parents[1])
     try:

@@ -15,8 +15,8 @@ from reference import attention_ref
 
 import kernel_loader
 from kernel_loader.api import clear_cache
-from kernel_loader.fallback import KernelFallbackWarning, KernelUnavailable
-from kernel_loader.hub import publish_local
+from kernel_loader.errors import KernelFallbackWarning, KernelUnavailable
+from kernel_loader.publish import publish_local
 
 # A flash_attn_func in plain torch math: enough to check the plumbing (layouts, scale, causal flags).
 PY_FLASH = '''

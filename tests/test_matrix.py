@@ -284,7 +284,7 @@ def test_update_workflow_rewrites_only_the_block(tmp_path, repos):
 
 
 def test_status_table_local_and_hub(local_hub, tiny_kernel, repos, capsys):
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     d = write_kernel(repos, backends=("cpu",))
     # Two "built" variants in the kernel's build folder: one the matrix wants, one it does not.

@@ -14,7 +14,7 @@ import pytest
 from tiny_kernels import make_tiny_kernel
 
 from kernel_loader.cli import main as cli
-from kernel_loader.hub import publish_local
+from kernel_loader.publish import publish_local
 from kernel_loader.publish import (
     LocalGitTarget,
     PublishRefused,

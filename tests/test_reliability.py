@@ -32,8 +32,9 @@ from test_load import PY_FLASH
 
 import kernel_loader
 from kernel_loader.api import clear_cache
-from kernel_loader.fallback import KernelFallbackWarning, KernelUnavailable
-from kernel_loader.hub import free_port, publish_local, start_local_hub
+from kernel_loader.errors import KernelFallbackWarning, KernelUnavailable
+from kernel_loader.hub import free_port, start_local_hub
+from kernel_loader.publish import publish_local
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VARIANT = "torch-cpu"
@@ -229,7 +230,7 @@ def test_lock_pins_commit_and_refuses_digest_mismatch(hub, env, monkeypatch, tmp
     from kernels._rust import KernelLocks
 
     from kernel_loader.cli import main
-    from kernel_loader.lock import read_lock
+    from kernel_loader.lockfile import read_lock
 
     point_at(monkeypatch, hub.endpoint)
     first, _ = publish(hub, tmp_path, "acme/locked", value=1)
@@ -293,6 +294,42 @@ def test_download_lock_all_variants_prefetches_then_works_offline(hub, env, monk
     with kernel_loader.offline():
         k = kernel_loader.load("acme/prefetch@v1", lock=proj / "kernels.lock", strict=True)
     assert k.variant == VARIANT and guard.attempts == []
+
+
+def test_download_lock_offline_refuses_a_never_trusted_cached_commit(hub, env, monkeypatch, tmp_path, capsys):
+    """`download --lock` goes through load's pipeline, so offline it refuses a cached commit that was never
+    trusted here exactly as load does (it used to skip that check)."""
+    from kernel_loader.cachestate import record_trust
+    from kernel_loader.cli import main
+    from kernel_loader.lock import download_locked
+    from kernel_loader.lockfile import read_lock
+
+    point_at(monkeypatch, hub.endpoint)
+    publish(hub, tmp_path, "acme/lock-trust")
+    proj = write_project(tmp_path, {"acme/lock-trust": 1})
+    assert main(["lock", str(proj)]) == 0
+    lock = proj / "kernels.lock"
+    assert main(["download", "--lock", str(lock)]) == 0  # online, trusted by the allow-list: recorded
+    monkeypatch.setenv("KERNEL_LOADER_TRUST", "")
+    with kernel_loader.offline():
+        assert main(["download", "--lock", str(lock), "--all-variants"]) == 0  # the record vouches offline
+    # The record now names another commit only: the cached, locked commit was never trusted here.
+    next((env / ".kernel-loader" / "trust").glob("*lock-trust*")).unlink()
+    record_trust("acme/lock-trust", "f" * 40, "hub")
+    capsys.readouterr()
+    guard = SocketGuard(monkeypatch)
+    with kernel_loader.offline():
+        for extra in ([], ["--all-variants"]):
+            assert main(["download", "--lock", str(lock), *extra]) == 1
+            assert "was never trusted when downloaded" in capsys.readouterr().err
+        with pytest.raises(KernelUnavailable, match="was never trusted when downloaded") as refused:
+            download_locked(read_lock(lock))
+        assert refused.value.stage == "trust"
+        clear_cache()
+        with pytest.raises(KernelUnavailable, match="was never trusted when downloaded"):
+            kernel_loader.load("acme/lock-trust", lock=lock, strict=True)
+    assert guard.attempts == []
+    report("offline `download --lock` of a never-trusted cached commit", "refused like load (exit 1)", "0 sockets")
 
 
 # ---------------------------------------------------------------------------------------------- bundles

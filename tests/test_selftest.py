@@ -14,15 +14,18 @@ import torch
 from tiny_kernels import FLASH_ATTN2_DIR, make_tiny_kernel
 from reference import attention_ref
 
-from kernel_loader import selftest as st
-from kernel_loader.api import clear_cache, import_variant, load
+from kernel_loader.selftest import cases as st_cases
+from kernel_loader.selftest import check as st_check
+from kernel_loader.selftest import write as st_write
+from kernel_loader.api import clear_cache, load
+from kernel_loader.importer import import_variant
 from kernel_loader.cli import main as cli
-from kernel_loader.fallback import KernelUnavailable
-from kernel_loader.hub import publish_local
+from kernel_loader.errors import KernelUnavailable
+from kernel_loader.publish import publish_local
 
 
 def test_builtin_cases_match_an_independent_reference():
-    cases = st.attention_cases()
+    cases = st_write.attention_cases()
     assert [c.name for c in cases] == ["dense", "causal", "window_causal", "window_two_sided", "gqa", "varlen"]
     for c in cases:
         if c.function != "flash_attn_func":
@@ -47,20 +50,20 @@ def test_built_variant_carries_its_reference_in_the_digest(built_flash_attn2):
     from kernels._rust import Digest, DigestAlgorithm, Metadata
 
     path = built_flash_attn2.path
-    ref = path / st.REFERENCE_FILE
+    ref = path / st_cases.REFERENCE_FILE
     assert ref.is_file() and ref.stat().st_size < 600_000
     meta = Metadata.read_from_file(path / "metadata.json")
-    assert st.REFERENCE_FILE in meta.digest.files
+    assert st_cases.REFERENCE_FILE in meta.digest.files
     meta.digest.validate(Digest.hash_variant(DigestAlgorithm.SHA256, path))
     info = json.loads((path / "build-info.json").read_text())
     assert set(info["op_schemas"]) >= {"fwd", "varlen_fwd"}
     assert info["op_schemas"]["fwd"].startswith(f"{built_flash_attn2.ops_id}::fwd(Tensor q")
 
-    report = st.run_selftest(import_variant(path), path)
+    report = st_check.run_selftest(import_variant(path), path)
     assert report.ok and report.device == "cpu" and report.dtype == "float32", report.summary()
     assert len(report.results) == 6 and report.worst.ratio < 0.05  # < 5% of the float32 allowance
     # bfloat16 run of the same cases: the reference still holds at its tolerance.
-    bf16 = st.run_cases(import_variant(path), st.read_reference(ref), "cpu", "bfloat16")
+    bf16 = st_check.run_cases(import_variant(path), st_cases.read_reference(ref), "cpu", "bfloat16")
     assert bf16.ok, bf16.summary()
 
 
@@ -76,32 +79,32 @@ def test_kernel_provided_cases(tmp_path):
         "    return [{'name': 'add', 'function': 'add', 'inputs': {'a': a, 'b': b}, 'args': ['@a', '@b'],\n"
         "             'outputs': [a.double() + b.double()]}]\n")
     good = make_tiny_kernel(tmp_path / "good", name="cases-kernel", value=11)
-    assert st.write_reference(good, kdir) == good / st.REFERENCE_FILE
+    assert st_write.write_reference(good, kdir) == good / st_cases.REFERENCE_FILE
     assert not list(kdir.rglob("__pycache__"))  # nothing written into the kernel's source tree
-    report = st.run_selftest(import_variant(good), good, "cpu")
+    report = st_check.run_selftest(import_variant(good), good, "cpu")
     assert report.ok and [r.name for r in report.results] == ["add"]
 
     bad = make_tiny_kernel(tmp_path / "bad", name="cases-kernel", value=12)
     (bad / "impl.py").write_text("def add(a, b):\n    return a + b * 1.001\n")
-    st.write_reference(bad, kdir)
-    report = st.run_selftest(import_variant(bad), bad, "cpu")
+    st_write.write_reference(bad, kdir)
+    report = st_check.run_selftest(import_variant(bad), bad, "cpu")
     assert not report.ok and "add (add): max abs err 0.0005" in report.summary()
 
     (kdir / "tests" / "selftest_cases.py").write_text("def cases():\n    return [{'name': 'x', 'fn': 'add'}]\n")
-    with pytest.raises(st.SelftestError, match=r"selftest_cases\.py: case 0: .*unexpected keyword argument 'fn'"):
-        st.write_reference(good, kdir)
+    with pytest.raises(st_cases.SelftestError, match=r"selftest_cases\.py: case 0: .*unexpected keyword argument 'fn'"):
+        st_write.write_reference(good, kdir)
 
 
 def test_missing_or_foreign_reference_is_a_clear_error(tmp_path):
     vdir = make_tiny_kernel(tmp_path / "k", name="noref-kernel")
-    with pytest.raises(st.SelftestError, match=r"variant torch-cpu has no reference\.safetensors"):
-        st.run_selftest(import_variant(vdir), vdir)
+    with pytest.raises(st_cases.SelftestError, match=r"variant torch-cpu has no reference\.safetensors"):
+        st_check.run_selftest(import_variant(vdir), vdir)
     from safetensors.torch import save_file
 
-    save_file({"x": torch.zeros(1)}, str(vdir / st.REFERENCE_FILE))
-    with pytest.raises(st.SelftestError, match="not a kernel_loader selftest file"):
-        st.run_selftest(import_variant(vdir), vdir)
-    assert st.write_reference(vdir, tmp_path / "no-such-src") is None  # no cases, no flash_attn API: no file
+    save_file({"x": torch.zeros(1)}, str(vdir / st_cases.REFERENCE_FILE))
+    with pytest.raises(st_cases.SelftestError, match="not a kernel_loader selftest file"):
+        st_check.run_selftest(import_variant(vdir), vdir)
+    assert st_write.write_reference(vdir, tmp_path / "no-such-src") is None  # no cases, no flash_attn API: no file
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +137,7 @@ def test_broken_build_passes_abi_and_digest_but_fails_selftest(broken_flash_attn
         assert info["abi_check"]["ok"] and not info["abi_check"]["violations"]
     Metadata.read_from_file(path / "metadata.json").digest.validate(Digest.hash_variant(DigestAlgorithm.SHA256, path))
 
-    report = st.run_selftest(import_variant(path), path)
+    report = st_check.run_selftest(import_variant(path), path)
     assert not report.ok
     assert all(not r.ok and not r.error for r in report.results)  # every case runs and is wrong
     assert report.worst.ratio > 10 and report.worst.max_abs_err > 5e-3
@@ -178,3 +181,23 @@ def test_load_with_selftest_falls_back_and_versions_live_side_by_side(
     torch.testing.assert_close(m2.flash_attn_func(q, k, v, causal=True).double(), ref_scaled, atol=1e-5, rtol=1e-5)
     assert (m2.flash_attn_func(q, k, v, causal=True).double() - ref).abs().max() > 1e-3
     clear_cache()
+
+
+@pytest.mark.slow
+def test_package_load_runs_the_selftest(published_flash_attn2):
+    """``kernel_loader.load(spec, selftest=True)`` (the README's form) is api.load itself: it takes selftest and
+    runs it (once per variant folder)."""
+    import kernel_loader
+
+    clear_cache()
+    k = kernel_loader.load(published_flash_attn2, selftest=True, strict=True)
+    assert k.ok and k.variant and k.module is not None
+    assert str(k.path.resolve()) in st_check._passed  # load ran it (a variant folder is tested once)
+    summary = st_check.check_loaded(k.module, k.path, "cpu")  # that run's summary, not a new run
+    assert summary.startswith(f"selftest passed for {k.variant}"), summary
+    import re
+
+    passed = re.search(r"(\d+)/(\d+) cases pass", summary)
+    assert passed and passed.group(1) == passed.group(2) and int(passed.group(1)) >= 5, summary
+    clear_cache()
+

@@ -24,7 +24,7 @@ SLIDING_REPO = "kernels-community/sliding-window"
 
 @pytest.fixture(scope="module")
 def published_serving_kernels(local_hub, session_env_trust, tmp_path_factory):
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     for repo, src in ((PAGED_REPO, "paged-attention"), (SLIDING_REPO, "sliding-window")):
         out = tmp_path_factory.mktemp(src)
@@ -35,7 +35,8 @@ def published_serving_kernels(local_hub, session_env_trust, tmp_path_factory):
 
 @pytest.fixture
 def hooked(published_serving_kernels):
-    from kernel_loader import api, transformers_hook
+    from kernel_loader import api
+    from kernel_loader.integrations import transformers as transformers_hook
 
     api.clear_cache()
     transformers_hook.enable(strict=True)
@@ -167,9 +168,9 @@ def test_mistral_sliding_window_greedy_equals_sdpa(hooked, dtype):
 def test_registering_a_paged_name_also_answers_the_stripped_name(hooked):
     from transformers import AttentionInterface
 
-    from kernel_loader import registry
+    from kernel_loader.integrations import transformers as integration
 
-    loaded = registry.load_and_register(f"paged|{PAGED_REPO}")
+    loaded = integration.load_and_register(f"paged|{PAGED_REPO}")
     assert AttentionInterface._global_mapping[f"paged|{PAGED_REPO}"] is loaded.attention
     assert AttentionInterface._global_mapping[PAGED_REPO] is loaded.attention
     assert AttentionInterface().get_interface(f"paged|{PAGED_REPO}", None) is loaded.attention

@@ -24,7 +24,7 @@ from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask, sdpa_mask  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
-from kernel_loader import transformers_hook as hook  # noqa: E402
+from kernel_loader.integrations import transformers as hook  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TF523 = "5.23.0"
@@ -263,7 +263,7 @@ def test_missing_kernel_falls_back_to_sdpa_with_a_warning(enabled, missing_kerne
 @pytest.mark.slow
 def test_strict_mode_raises_and_a_later_non_strict_load_still_works(enabled, missing_kernel_env, saved_model,
                                                                     monkeypatch):
-    from kernel_loader.fallback import KernelUnavailable
+    from kernel_loader.errors import KernelUnavailable
 
     spec = missing_kernel_env
     monkeypatch.setenv("KERNEL_LOADER_STRICT", "1")
@@ -317,7 +317,7 @@ TF523_SCRIPT = textwrap.dedent(
     path = tempfile.mkdtemp()
     LlamaForCausalLM(cfg).save_pretrained(path)
     if mode == "enabled":
-        from kernel_loader import transformers_hook
+        from kernel_loader.integrations import transformers as transformers_hook
         transformers_hook.enable()
 
     def attempt(name, fn):
@@ -389,12 +389,13 @@ def test_tf523_enabled_routes_through_kernel_loader(tf523_path, flash_repo):
 @pytest.mark.slow
 def test_fallback_chain_registered_under_a_name(missing_kernel_env, flash_repo, saved_model):
     """transformers only accepts one 'org/name' per attn_implementation string, so a chain is registered under a
-    name of the user's choosing (kernel_loader.registry) and that name is given to from_pretrained."""
-    from kernel_loader import registry
+    name of the user's choosing (kernel_loader.integrations.transformers.load_and_register) and that name is given
+    to from_pretrained."""
+    from kernel_loader.integrations import transformers as integration
 
     chain = f"{missing_kernel_env},{flash_repo}"
     trust = f"{missing_kernel_env.split('/')[0]},{flash_repo.split('/')[0]}"
-    loaded = registry.load_and_register(chain, name="fa-chain", trust=trust)
+    loaded = integration.load_and_register(chain, name="fa-chain", trust=trust)
     assert loaded.repo_id == flash_repo and loaded.fallback is None  # the second link loaded
     assert ALL_ATTENTION_FUNCTIONS["fa-chain"] is loaded.attention
     assert ALL_MASK_ATTENTION_FUNCTIONS["fa-chain"] is flash_attention_mask

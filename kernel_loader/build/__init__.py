@@ -12,7 +12,6 @@ found, ``backends`` for per-backend flags, ``abicheck`` for the ABI check, ``var
 from .backends import BuildError, BuildPlan, CompileUnit
 from .abicheck import AbiReport, check_library
 from .builder import BuildFailure, build_variant, build_variants, default_target, local_targets, probe_ops
-from .cli import add_build_arguments, run_build
 from .config import BuildConfig, BuildConfigError, KernelSection, TorchSection, load_build_config
 from .targets import Target, parse_target, variant_name
 from .torchenv import TorchEnv, find_env
@@ -38,11 +37,9 @@ __all__ = [
     "CompileUnit",
     "KernelSection",
     "TorchSection",
-    "add_build_arguments",
     "build_variant",
     "host_variant",
     "load_build_config",
     "probe_ops",
-    "run_build",
     "source_hash",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -42,8 +43,12 @@ from .variant import (
 BUILD_DIR_NAME = ".build"
 
 
+_logger = logging.getLogger("kernel_loader.build")
+
+
 def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    # Library callers get progress as log records; `kernel-loader build` passes a progress sink that prints.
+    _logger.info(msg)
 
 
 def builder_version() -> str:
@@ -329,7 +334,7 @@ def _assemble(
 
             info["op_schemas"] = record_op_schemas(library, plan.ops_id, env.python if env is not None else None)
         (staging / "build-info.json").write_text(json.dumps(info, indent=2) + "\n")
-        from ..selftest import write_reference
+        from ..selftest.write import write_reference
 
         write_reference(staging, config.kernel_dir)  # before seal: reference.safetensors is in the digest
         provenance: dict = {"kernel-builder": {"version": builder_version()}}

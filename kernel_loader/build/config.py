@@ -157,7 +157,9 @@ class BuildConfig:
 
 def load_build_config(kernel_dir: Path) -> BuildConfig:
     """Validate ``kernel_dir/build.toml`` with kernels' own parser, then read the keys we implement."""
-    from kernels._rust import Build
+    from .. import _kernels
+
+    Build = _kernels.Build
 
     kernel_dir = Path(kernel_dir).resolve()
     path = kernel_dir / BUILD_FILE

@@ -18,6 +18,7 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 
+from ..variants import variant_name as _variant_name
 from .backends import BuildError
 from .config import BuildConfig
 
@@ -83,20 +84,10 @@ def cuda_tag(version: str) -> str:
 
 def variant_name(kind: str, backend: str, *, torch_minor: str | None = None, stable_abi: str | None = None,
                  cuda: str | None = None, cxx11_abi: bool | None = True) -> str:
-    """Variant string via kernels' own classes, so the name is one the stock client resolves."""
-    from kernels.backends import CPU, CUDA
-    from kernels.variants import Arch, ArchVariant, NoarchVariant, Noarch, Torch, TorchNoarch, TorchStableAbi
-    from packaging.version import Version
-
-    if kind == "noarch":
-        return NoarchVariant(framework=TorchNoarch(), arch=Noarch(backend_name=backend)).variant_str
+    """Variant string for this machine's CPU architecture and OS (:func:`kernel_loader.variants.variant_name`)."""
     cpu, system = machine()
-    be = CUDA(version=Version(cuda)) if backend == "cuda" else CPU()
-    if kind == "stable-abi":
-        framework = TorchStableAbi(version=Version(stable_abi))
-    else:
-        framework = Torch(version=Version(torch_minor), cxx11_abi=cxx11_abi if system == "linux" else None)
-    return ArchVariant(framework=framework, arch=Arch(backend=be, platform=cpu, os=system)).variant_str
+    return _variant_name(kind, backend, platform=cpu, os=system, torch_minor=torch_minor, stable_abi=stable_abi,
+                         cuda=cuda, cxx11_abi=cxx11_abi)
 
 
 def parse_target(requested: str, config: BuildConfig) -> Target:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -124,7 +125,7 @@ def candidate_pythons(kernel_dir: Path, explicit: tuple[str, ...] = ()) -> list[
             break
         d = d.parent
     for base in dirs:
-        found += [str(p) for p in sorted(base.glob(".venv*/bin/python")) if p.is_file()]
+        found += [str(p) for p in venv_pythons(base) if p.is_file()]
     out: list[str] = []
     seen: set[str] = set()
     for p in found:
@@ -132,6 +133,38 @@ def candidate_pythons(kernel_dir: Path, explicit: tuple[str, ...] = ()) -> list[
         if key not in seen:
             seen.add(key)
             out.append(p)
+    return out
+
+
+def venv_pythons(base: Path) -> list[Path]:
+    """``base/.venv*/bin/python`` (e.g. .venv and .venv-cu130 next to it), sorted: where build venvs live."""
+    return sorted(Path(base).glob(".venv*/bin/python"))
+
+
+def installed_torch(site: Path) -> tuple[str, str | None] | None:
+    """(torch version, its CUDA minor or None) of the torch installed in a site-packages folder, read from
+    torch/version.py without starting Python; None when there is none."""
+    version_py = site / "torch" / "version.py"
+    if not version_py.is_file():
+        return None
+    text = version_py.read_text()
+    ver = re.search(r"^__version__\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    cuda = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+    if ver is None:
+        return None
+    return ver.group(1), (".".join(cuda.group(1).split(".")[:2]) if cuda else None)
+
+
+def venv_torches(base: Path) -> list[tuple[Path, str, str | None]]:
+    """(python, torch version, CUDA minor) for each build venv under ``base`` with torch installed (read from
+    files: importing torch per venv would take seconds)."""
+    out = []
+    for python in venv_pythons(base):
+        venv = python.parent.parent
+        for site in sorted(venv.glob("lib/python3*/site-packages")):
+            found = installed_torch(site)
+            if found and python.exists():
+                out.append((python, found[0], found[1]))
     return out
 
 

@@ -178,7 +178,9 @@ def metadata_dict(config: BuildConfig, plan: BuildPlan, provenance: dict) -> dic
 
 def seal(dest: Path, meta_without_digest: dict) -> None:
     """Hash every file, write metadata.json, and check kernels reads it back and the digest validates."""
-    from kernels._rust import Digest, DigestAlgorithm, Metadata
+    from .. import _kernels
+
+    Digest, DigestAlgorithm, Metadata = _kernels.Digest, _kernels.DigestAlgorithm, _kernels.Metadata
 
     for junk in list(dest.rglob("__pycache__")):
         shutil.rmtree(junk)

@@ -149,7 +149,7 @@ except Exception as e:
 
 
 def main(build_dir: Path, out_json: Path) -> int:
-    from kernel_loader.api import import_variant
+    from kernel_loader.importer import import_variant
 
     res: dict = {
         "device": torch.cuda.get_device_name(0),

@@ -1,4 +1,4 @@
-"""``kernel-loader build`` arguments and handler, for the main CLI to mount as a subcommand."""
+"""``kernel-loader build KERNEL_DIR``: compile a kernel repo (build.toml) into build/<variant>/."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .backends import BuildError
-from .builder import BuildFailure, build_variant, build_variants
-from .config import BuildConfigError
+
+def add_commands(sub) -> None:
+    b = sub.add_parser("build", help="compile a kernel repo (build.toml) into build/<variant>/ for this machine")
+    add_build_arguments(b)
+    b.set_defaults(func=run_build)
 
 
 def add_build_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,34 +30,26 @@ def add_build_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="show compiler command lines and output")
 
 
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def run_build(args: argparse.Namespace) -> int:
-    """Returns a process exit code: 0 built, 2 bad build.toml or request, 1 build failure."""
+    """0 built, 1 build failure (a bad build.toml or request raises ValueError: exit 2)."""
+    from ..build.builder import BuildFailure, build_variant, build_variants
+
     variants = args.variant or []
     if isinstance(variants, str):
         variants = [variants]
     python = getattr(args, "python", None) or ()
-    try:
-        if len(variants) <= 1 and not getattr(args, "all_local", False):
-            build_variant(args.kernel_dir, out_dir=args.out, variant=variants[0] if variants else None,
-                          jobs=args.jobs, verbose=args.verbose, python=python or None)
-            return 0
-        results = build_variants(args.kernel_dir, variants, all_local=args.all_local, out_dir=args.out,
-                                 jobs=args.jobs, verbose=args.verbose, python=python,
-                                 keep_going=getattr(args, "keep_going", False))
-        failed = [r for r in results if isinstance(r, BuildFailure)]
-        for f in failed:
-            print(f"error: {f.variant}: {f.error}", file=sys.stderr)
-        return 1 if failed or len(results) < len(set(variants)) else 0
-    except BuildConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernel_loader.build", description="Build a kernel variant.")
-    add_build_arguments(parser)
-    return run_build(parser.parse_args(argv))
+    if len(variants) <= 1 and not getattr(args, "all_local", False):
+        build_variant(args.kernel_dir, out_dir=args.out, variant=variants[0] if variants else None,
+                      jobs=args.jobs, verbose=args.verbose, python=python or None, progress=_progress)
+        return 0
+    results = build_variants(args.kernel_dir, variants, all_local=args.all_local, out_dir=args.out,
+                             jobs=args.jobs, verbose=args.verbose, python=python,
+                             keep_going=getattr(args, "keep_going", False), progress=_progress)
+    failed = [r for r in results if isinstance(r, BuildFailure)]
+    for f in failed:
+        print(f"error: {f.variant}: {f.error}", file=sys.stderr)
+    return 1 if failed or len(results) < len(set(variants)) else 0

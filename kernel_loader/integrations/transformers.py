@@ -1,4 +1,17 @@
-"""Route transformers' hub-kernel ``attn_implementation`` strings through kernel_loader.
+"""The transformers integration: the only code that writes into transformers' ``AttentionInterface`` and
+``AttentionMaskInterface``, with one undo list, so :func:`disable` restores both interfaces whichever way a
+name was registered (:func:`register`, :func:`load_and_register`, or the hook below).
+
+Registering by hand
+-------------------
+``register(name, loaded)`` puts ``loaded.attention`` under ``name`` in ``AttentionInterface`` and the mask
+function of its ``mask_format`` in ``AttentionMaskInterface`` ("flash" -> ``masking_utils.flash_attention_mask``,
+"sdpa" -> ``masking_utils.sdpa_mask``; a fallback gets the sdpa one), and records it in
+:mod:`kernel_loader.registry`. ``load_and_register(spec, name=...)`` loads first; this is how a fallback chain gets
+a name transformers accepts (``attn_implementation`` takes one org/name).
+
+Routing hub-kernel strings
+--------------------------
 
 What is hooked, and why there
 -----------------------------
@@ -14,11 +27,11 @@ In transformers 5.22.x and 5.23.x both public entry points reach a hub kernel th
                                                                  allow_all_kernels) -> kernel module
 
 ``enable()`` replaces only the module attribute ``transformers.integrations.hub_kernels.load_and_register_attn_kernel``
-(the name ``_lazy_imports`` imports on every call). The replacement calls ``kernel_loader.load(spec)`` and registers
-``loaded.attention`` under the exact ``attn_implementation`` string in ``AttentionInterface`` and the matching mask
-function in ``AttentionMaskInterface`` (``mask_format`` "flash" -> ``masking_utils.flash_attention_mask``, "sdpa" ->
-``masking_utils.sdpa_mask``) -- the same two registrations transformers makes itself -- and records it in
-``kernel_loader.registry`` under the same name. Nothing else is patched:
+(the name ``_lazy_imports`` imports on every call). The replacement calls ``kernel_loader.load(spec)`` and writes
+``loaded.attention`` under the exact ``attn_implementation`` string into ``AttentionInterface`` and the matching mask
+function into ``AttentionMaskInterface`` -- the same two registrations transformers makes itself, through the same
+undo list as :func:`register` -- and records it in ``kernel_loader.registry`` under the same name. Nothing else is
+patched:
 
 - ``is_kernel`` needs no change: it is a pure regex on the string.
 - ``is_kernels_available()`` is only consulted inside the replaced function (the 5.23.0 ImportError "kernels ...
@@ -72,11 +85,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .registry import MASK_FORMATS, mask_function  # noqa: F401  (re-exported for users of the hook)
+from .. import registry
+from ..adapters import is_paged_module
+from ..api import LoadedKernel, load
+from ..spec import PAGED_PREFIX
 
 SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((5, 22), (5, 23))
+MASK_FORMATS = ("flash", "sdpa")
 
-# Seam for the loader: None means kernel_loader.api.load, imported on first use (it pulls in the Hub machinery).
+# Seam for the loader: None means kernel_loader.api.load.
 _loader: Callable[..., Any] | None = None
 
 
@@ -90,14 +107,69 @@ class _HookState:
     original: Callable
     version: str
     strict: bool | None
-    # attn_implementation string -> LoadedKernel, and what each replaced in the two interfaces (to undo).
-    loaded: dict[str, Any] = field(default_factory=dict)
-    previous: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    loaded: dict[str, Any] = field(default_factory=dict)  # attn_implementation string -> LoadedKernel
 
 
 _state: _HookState | None = None
 _lock = threading.RLock()
 _MISSING = object()
+# The one undo list: name -> (what AttentionInterface, AttentionMaskInterface held before our first write).
+_previous: dict[str, tuple[Any, Any]] = {}
+
+
+def mask_function(mask_format: str):
+    """transformers' mask builder for a LoadedKernel.mask_format."""
+    from transformers import masking_utils
+
+    if mask_format == "flash":
+        return masking_utils.flash_attention_mask
+    if mask_format == "sdpa":
+        return masking_utils.sdpa_mask
+    raise ValueError(f"unknown mask_format {mask_format!r}; valid: {', '.join(MASK_FORMATS)}")
+
+
+def _interfaces():
+    from transformers.masking_utils import AttentionMaskInterface
+    from transformers.modeling_utils import AttentionInterface
+
+    return AttentionInterface, AttentionMaskInterface
+
+
+def _write(name: str, attention: Callable, masker: Callable) -> None:
+    """Register ``name`` in both interfaces, remembering what was there first (for :func:`disable`)."""
+    attn_if, mask_if = _interfaces()
+    with _lock:
+        if name not in _previous:
+            _previous[name] = (attn_if._global_mapping.get(name, _MISSING), mask_if._global_mapping.get(name, _MISSING))
+        attn_if.register(name, attention)
+        mask_if.register(name, masker)
+
+
+def register(name: str, loaded: LoadedKernel) -> bool:
+    """Register in transformers' AttentionInterface + AttentionMaskInterface and in our registry; False (our
+    registry only) if transformers is absent."""
+    registry.register(name, loaded)
+    try:
+        masker = mask_function(loaded.mask_format)
+    except ImportError:
+        return False
+    # transformers 5.22 strips "paged|" before looking a name up (AttentionInterface.get_interface): register both
+    names = (name, name[len(PAGED_PREFIX):]) if name.startswith(PAGED_PREFIX) else (name,)
+    for n in names:
+        _write(n, loaded.attention, masker)
+    return True
+
+
+def load_and_register(spec: str, *, name: str | None = None, version=None, strict=None, trust=None,
+                      transformers: bool = True) -> LoadedKernel:
+    """``load(spec)`` then register it under ``name`` (default: the spec string itself); ``transformers=False``
+    registers it in our registry only."""
+    loaded = load(spec, version=version, strict=strict, trust=trust)
+    if transformers:
+        register(name or spec, loaded)
+    else:
+        registry.register(name or spec, loaded)
+    return loaded
 
 
 def enable(*, strict: bool | None = None, force: bool = False) -> None:
@@ -134,25 +206,25 @@ def enable(*, strict: bool | None = None, force: bool = False) -> None:
 
 
 def disable() -> None:
-    """Undo :func:`enable`: restore transformers' function and the interface entries the hook replaced."""
+    """Undo :func:`enable` and every registration made here: restore transformers' function and both interfaces'
+    entries as they were before kernel_loader wrote them."""
     global _state
     with _lock:
-        if _state is None:
-            return
-        from transformers.masking_utils import AttentionMaskInterface
-        from transformers.modeling_utils import AttentionInterface
-
         state, _state = _state, None
-        state.hub_kernels.load_and_register_attn_kernel = state.original
-        _hook_continuous_batching(install=False)
-        for name, (attn_prev, mask_prev) in state.previous.items():
-            for mapping, prev in ((AttentionInterface._global_mapping, attn_prev),
-                                  (AttentionMaskInterface._global_mapping, mask_prev)):
+        if state is not None:
+            state.hub_kernels.load_and_register_attn_kernel = state.original
+            _hook_continuous_batching(install=False)
+        if not _previous:
+            return
+        attn_if, mask_if = _interfaces()
+        for name, (attn_prev, mask_prev) in _previous.items():
+            for mapping, prev in ((attn_if._global_mapping, attn_prev), (mask_if._global_mapping, mask_prev)):
                 if prev is _MISSING:
                     mapping.pop(name, None)
                 else:
                     mapping[name] = prev
             _forget_loaded_marker(name)
+        _previous.clear()
 
 
 def is_enabled() -> bool:
@@ -178,20 +250,10 @@ def _check_version(version: str, force: bool) -> None:
     warnings.warn(message + "; installing anyway because force=True", RuntimeWarning, stacklevel=3)
 
 
-def _load(spec: str, strict: bool | None) -> Any:
-    load = _loader
-    if load is None:
-        from .api import load
-    return load(spec, strict=strict)
-
-
 def _load_and_register(
     attn_implementation: str, attention_wrapper: Callable | None = None, allow_all_kernels: bool = False
 ):
     """Stands in for transformers' load_and_register_attn_kernel (same parameters)."""
-    from transformers.masking_utils import AttentionMaskInterface
-    from transformers.modeling_utils import AttentionInterface
-
     state = _state
     if state is None:  # disabled while a reference to us was held
         from transformers.integrations import hub_kernels
@@ -201,7 +263,7 @@ def _load_and_register(
     if not state.hub_kernels.is_kernel(body):
         return None  # same contract as transformers: not a hub kernel string
     try:
-        loaded = _load(attn_implementation, state.strict)
+        loaded = (_loader or load)(attn_implementation, strict=state.strict)
         masker = mask_function(loaded.mask_format)
     except BaseException:
         _forget_loaded_marker(attn_implementation)
@@ -211,26 +273,14 @@ def _load_and_register(
     # Like transformers: a caller's wrapper (e.g. a paged one) replaces the default call, for varlen kernels only.
     attention = attention_wrapper if attention_wrapper is not None and has_varlen else loaded.attention
     with _lock:
-        if attn_implementation not in state.previous:
-            state.previous[attn_implementation] = (
-                AttentionInterface._global_mapping.get(attn_implementation, _MISSING),
-                AttentionMaskInterface._global_mapping.get(attn_implementation, _MISSING),
-            )
-        AttentionInterface.register(attn_implementation, attention)
-        AttentionMaskInterface.register(attn_implementation, masker)
+        _write(attn_implementation, attention, masker)
         state.loaded[attn_implementation] = loaded
-    _register_in_our_registry(attn_implementation, loaded)
+    # kernel_loader.registry.get(name) then finds what transformers uses.
+    registry.register(attn_implementation, loaded)
     if has_varlen:
         return module
     # No varlen entry point (or no module after a fallback): _lazy_imports accepts a module with flash_attn_forward.
     return types.SimpleNamespace(flash_attn_forward=loaded.attention, supports_flash_attn=False)
-
-
-def _register_in_our_registry(name: str, loaded: Any) -> None:
-    # kernel_loader.registry.get(name) then finds what transformers uses (transformers itself was done above).
-    from . import registry
-
-    registry.register(name, loaded, transformers=False)
 
 
 def _flash_utils():
@@ -278,8 +328,6 @@ def _hook_continuous_batching(install: bool) -> None:
     _cb_original = original = cls.switch_to_cb_friendly_attn
 
     def switch_to_cb_friendly_attn(self, model, *args, **kwargs):
-        from .adapters import is_paged_module
-
         state = _state
         loaded = state.loaded.get(model.config._attn_implementation) if state is not None else None
         if loaded is not None and loaded.module is not None and is_paged_module(loaded.module):

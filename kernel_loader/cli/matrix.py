@@ -5,9 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-from . import matrix as m
+
+def add_commands(sub) -> None:
+    mx = sub.add_parser("matrix", help="variants per kernel from kernel_repos/matrix.toml (--github, --local, --status)")
+    add_matrix_arguments(mx)
+    mx.set_defaults(func=run_matrix)
+
+
+def _err(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,6 +36,8 @@ def add_matrix_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_matrix(args) -> int:
+    from .. import matrix as m
+
     root = args.root or m.default_root()
     matrix = m.load_matrix(args.matrix or root / m.MATRIX_FILE)
     kernels = m.discover_kernels(root)
@@ -42,7 +53,7 @@ def run_matrix(args) -> int:
         include = m.github_include(matrix, entries)
         if args.update_workflow:
             changed = m.update_workflow(args.update_workflow, include)
-            m.print_err(f"{args.update_workflow}: {'updated' if changed else 'already up to date'} "
+            _err(f"{args.update_workflow}: {'updated' if changed else 'already up to date'} "
                         f"({len(entries)} jobs)")
         else:
             print(json.dumps(include, indent=None if not args.json else 2))
@@ -62,7 +73,7 @@ def run_matrix(args) -> int:
                 print(f"{b.entry.kernel}  {b.entry.variant}  (torch {b.env.torch}: {b.env.python})")
         skipped = [b for b in plan if b.env is None]
         for b in skipped:
-            m.print_err(f"not here: {b.entry.kernel} {b.entry.variant}: {b.reason}")
+            _err(f"not here: {b.entry.kernel} {b.entry.variant}: {b.reason}")
         return 0
 
     if args.status:

@@ -1,0 +1,48 @@
+"""``kernel-loader doctor``: torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def add_commands(sub) -> None:
+    doc = sub.add_parser("doctor", help="torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust")
+    doc.add_argument("--json", action="store_true")
+    doc.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from importlib.metadata import version
+
+    from huggingface_hub import constants
+
+    from .._version import __version__
+    from ..cache import cache_dir
+    from ..hub_client import hub_endpoint, hub_offline
+    from ..system import detect
+    from ..trust import allow_list
+
+    info = {
+        "kernel_loader": __version__,
+        **detect().as_dict(),
+        "cache": cache_dir(),
+        "hub_endpoint": hub_endpoint(),
+        "offline": hub_offline(),
+        "token": "set" if constants.HF_TOKEN_PATH and (os.environ.get("HF_TOKEN") or
+                                                         os.path.exists(constants.HF_TOKEN_PATH)) else "none",
+        "trust": list(allow_list()) or "Hub trusted-publisher flag only",
+        "strict": os.environ.get("KERNEL_LOADER_STRICT", "0"),
+    }
+    for mod in ("kernels", "huggingface_hub", "transformers", "olah"):
+        try:
+            info[mod] = version(mod)
+        except Exception:
+            info[mod] = "not installed"
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        width = max(len(k) for k in info)
+        for k, v in info.items():
+            print(f"{k:<{width}}  {v}")
+    return 0

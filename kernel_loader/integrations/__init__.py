@@ -1,0 +1,1 @@
+"""Integrations with other libraries: :mod:`.transformers` (the only writer into transformers' interfaces)."""
