@@ -92,7 +92,7 @@ def publish_repos(hub_root: Path, work: Path, n: int) -> list[str]:
 
 def cache_problems(cache: Path) -> list[str]:
     """Variants visible in the cache (metadata.json linked) that are not exactly what was published."""
-    from kernel_loader.fallback import KernelUnavailable
+    from kernel_loader.errors import KernelUnavailable
     from kernel_loader.fetch import verify_variant
 
     problems = []

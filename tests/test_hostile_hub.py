@@ -29,7 +29,7 @@ import pytest
 import kernel_loader
 from kernel_loader import hubio
 from kernel_loader.api import clear_cache
-from kernel_loader.fallback import KernelUnavailable
+from kernel_loader.errors import KernelUnavailable
 from test_reliability import (BIG, VARIANT, attention_still_runs, cache_problems, env, hub, load_quietly,  # noqa: F401
                               point_at, proxy, publish, report)
 

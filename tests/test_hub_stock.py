@@ -20,7 +20,8 @@ import pytest
 from test_load import PY_FLASH
 from tiny_kernels import make_tiny_kernel
 
-from kernel_loader.hub import free_port, publish_local, start_local_hub
+from kernel_loader.hub import free_port, start_local_hub
+from kernel_loader.publish import publish_local
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KERNELS_CLI = Path(sys.executable).parent / "kernels"
