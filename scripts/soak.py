@@ -74,7 +74,7 @@ def _fds() -> int:
 
 
 def publish_repos(hub_root: Path, work: Path, n: int) -> list[str]:
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_kernels import make_tiny_kernel

@@ -167,9 +167,11 @@ def row(fault: str, outcome: str, reason: str, w: Watch) -> None:
 
 
 def _repo_git(hub, repo: str):
-    from kernel_loader.hub import _Git, kernel_repo_path
+    from kernel_loader.hub import kernel_repo_path
+    from kernel_loader.publish.local import Git
 
-    return _Git(kernel_repo_path(hub.root, repo))
+    path = kernel_repo_path(hub.root, repo)
+    return Git(path / ".git" if (path / ".git").is_dir() else path)
 
 
 def _variant_listing(repo: str):
