@@ -51,7 +51,9 @@ def test_installed_release_has_the_seams():
 
     status = seams.status(enabled=False)
     assert status.installable, status
-    newer = Version(transformers.__version__) > max(Version(v) for v in seams.TESTED_TRANSFORMERS)
+    # a patch release of a tested minor counts as tested; a later minor is "newer"
+    newer = Version(transformers.__version__).release[:2] > max(Version(v).release[:2]
+                                                                for v in seams.TESTED_TRANSFORMERS)
     assert status.tested == (not newer), status
     assert ("newer than the releases" in status.reason) == newer, status
     by_name = {s.name: s for s in status.seams}
