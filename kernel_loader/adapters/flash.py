@@ -101,7 +101,7 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         if why is not None:
             once(f"{label}:{why}", f"{label}: {why}")
             out = floor_attention(query, key, value, attention_mask, kwargs if packed else None, scale=scale,
-                         causal=is_causal, window=window, softcap=softcap or 0.0, mods=mods)
+                                  causal=is_causal, window=window, softcap=softcap or 0.0, mods=mods)
             return out.transpose(1, 2).contiguous(), None
         if packed:
             out = _packed(kernel, query, key, value, kwargs, scale, is_causal, window, softcap)
