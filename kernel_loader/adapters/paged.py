@@ -97,8 +97,9 @@ def adapt_paged(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Cal
         if why is None:
             return _gathered_call(module, query, key, value, kwargs, scale, window_left, softcap), None
         once(f"{label}:paged:{why}", f"{label}: {why}")
-        return floor_attention(query, key, value, None, kwargs, scale=scale, causal=True, window=(window_left, 0),
-                      softcap=float(softcap or 0.0), mods=mods).transpose(1, 2).contiguous(), None
+        out = floor_attention(query, key, value, None, kwargs, scale=scale, causal=True, window=(window_left, 0),
+                              softcap=float(softcap or 0.0), mods=mods)
+        return out.transpose(1, 2).contiguous(), None
 
     def sdpa_like(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         once(f"{label}:sdpa", f"{label}: a paged kernel has no contiguous-cache entry")
