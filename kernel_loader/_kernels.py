@@ -19,6 +19,7 @@ _PRIVATE = {
     "KernelLocks": ("kernels._rust", "KernelLocks"),
     "KernelVersion": ("kernels._rust", "KernelVersion"),
     "backend": ("kernels.backends", "_backend"),
+    "dependency_data": ("kernels.python_deps", "_DEPENDENCY_DATA"),
     "platform": ("kernels.hf_hub", "_platform"),
     "supports_cuda_capability": ("kernels.archs", "_supports_cuda_capability"),
 }

@@ -19,6 +19,7 @@ from .env import env_text
 from .errors import KernelUnavailable
 from .fallback import is_strict, warn_fallback
 from .importer import import_variant
+from .metadata_checks import check_variant_metadata
 from .pipeline import acquire
 from .resolve import Resolution
 from .selftest.check import check_loaded
@@ -122,6 +123,7 @@ def _load_chain(chain, *, strict, **kwargs) -> LoadedKernel:
 def _load(spec: KernelSpec, trust, lock=None) -> LoadedKernel:
     (got,) = acquire(spec, trust=trust, lock=lock)
     res, path = got.resolution, got.path
+    check_variant_metadata(path, label=str(spec), variant=res.variant)  # kernels_minver, python-depends, dirty
     module = import_variant(path)
     adapt = adapters.adapt_paged if spec.paged or adapters.is_paged_module(module) else adapters.adapt
     attention, sdpa_fn, mask_format = adapt(module, spec, device_type(res.variant))

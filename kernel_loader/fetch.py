@@ -1,7 +1,9 @@
 """Download one variant into the standard Hub cache and verify every file before anything is imported.
 
-Downloads go through ``huggingface_hub.snapshot_download`` (its ``.incomplete`` files + rename mean a cut
-download never looks complete), restricted to ``build/<variant>/*`` so other variants are never fetched.
+Downloads go through :func:`kernel_loader.hubrepo.download_variant` into huggingface_hub's cache layout, by paths
+we build (no server header or listing name becomes a path unchecked), metadata.json first and every size bounded
+before the first byte of any other file; temp files + rename mean a cut download never looks complete, and only
+``build/<variant>/`` is fetched.
 
 Verification uses the digest format of the `kernels` library (``metadata.json: digest{algorithm, files}``,
 base64 sha256 per file, computed by the library's ``Digest``): a file whose hash differs, a listed file that is
@@ -14,15 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import _kernels
-from .cache import cache_dir, discard_variant, variant_path, write_ref
+from .cache import cache_dir, discard_variant, repo_cache_path, variant_path, write_ref
 from .errors import KernelUnavailable
-from .hub_client import HubUnreachable, hub_call
+from .hub_client import HubServerError, HubUnreachable
+from .hubrepo import download_variant
 from .integrity import check_metadata, sha256_b64
 from .resolve import Resolution
 from .spec import KernelSpec
-
-_NO_BYTECODE = ["*.pyc", "**/__pycache__/**"]
-
 
 def variant_dir(res: Resolution) -> Path:
     return variant_path(res.repo_id, res.commit, str(res.variant))
@@ -73,17 +73,14 @@ def fetch(spec: KernelSpec, res: Resolution, *, locked=None) -> Path:
 
 
 def _download(spec: KernelSpec, res: Resolution) -> None:
-    from huggingface_hub import snapshot_download
-
     try:
-        hub_call(spec, snapshot_download, res.repo_id, repo_type="kernel", revision=res.commit,
-                  allow_patterns=[f"build/{res.variant}/*"], ignore_patterns=_NO_BYTECODE,
-                  cache_dir=cache_dir())
+        download_variant(spec, repo_cache_path(res.repo_id), res.commit, str(res.variant))
+    except HubServerError as e:
+        raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: {e.reason}",
+                                stage="fetch") from None
     except HubUnreachable as e:
         raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: Hub unreachable ({e})",
-                                stage="fetch")
-    except OSError as e:  # disk full, read-only cache
-        raise KernelUnavailable(f"download of {res.repo_id} variant {res.variant} failed: {e}", stage="fetch")
+                                stage="fetch") from None
 
 
 def _remember_ref_quietly(res: Resolution) -> None:

@@ -45,6 +45,8 @@ class LocalHub:
     config_path: Path
     log_path: Path
     _log_file: object = field(default=None, repr=False, compare=False)  # olah's stdout/stderr sink
+    front: object = field(default=None, repr=False, compare=False)  # hubfront.HubFront on `port`, olah behind it
+    olah_port: int | None = None  # olah's own port (== port when there is no front)
 
     @property
     def endpoint(self) -> str:
@@ -59,6 +61,8 @@ class LocalHub:
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``grace`` seconds. Safe to call twice."""
+        if self.front is not None:
+            self.front.stop()
         proc = self.process
         if proc is None:
             return
@@ -169,8 +173,14 @@ def start_local_hub(
     log_path: Path | str | None = None,
     timeout: float = 30.0,
     die_with_parent: bool = True,
+    front: bool = False,
+    trusted_orgs: list[str] | tuple[str, ...] = (),
 ) -> LocalHub:
     """Start olah serving ``root`` on loopback and wait until it answers.
+
+    With ``front`` (what ``kernel-loader hub serve`` uses), olah listens on a private port and
+    :class:`kernel_loader.hubfront.HubFront` on ``port``: it answers the stock clients' publisher-trust check for
+    ``trusted_orgs`` (and those in ``<root>/trusted-orgs``) and full ref names, and forwards the rest to olah.
 
     ``port=None`` picks a free port. Raises ``RuntimeError`` with the tail of olah's log if it exits or does
     not answer within ``timeout`` seconds, and ``OSError`` if the requested port is already taken.
@@ -186,6 +196,19 @@ def start_local_hub(
         raise ValueError(f"port must be in 1..65535, got {port!r}")
     elif port_open(port):
         raise OSError(f"port {port} on {_LOOPBACK} is already in use; pick another or pass port=None")
+    if front:
+        from .hubfront import HubFront, check_org, read_trusted_orgs
+
+        orgs = frozenset(check_org(o, where="trusted org") for o in trusted_orgs)
+        read_trusted_orgs(root)  # a malformed file is an error now, not a silent 'untrusted' later
+        hub = start_local_hub(root, None, log_path=log_path, timeout=timeout, die_with_parent=die_with_parent)
+        try:
+            hub.front = HubFront(root, hub.port, orgs, port=port).start()
+        except BaseException:
+            hub.stop()
+            raise
+        hub.olah_port, hub.port = hub.port, hub.front.server_port
+        return hub
 
     state_dir = root / _STATE_DIR
     config_path = write_olah_config(root, port, state_dir)
@@ -210,7 +233,7 @@ def start_local_hub(
         preexec_fn=_die_with_parent if die_with_parent and sys.platform.startswith("linux") else None,
     )
     hub = LocalHub(root=root, port=port, process=proc, config_path=config_path, log_path=log_path,
-                   _log_file=log_file)
+                   _log_file=log_file, olah_port=port)
 
     deadline = time.monotonic() + timeout
     while True:
@@ -232,10 +255,12 @@ def start_local_hub(
 
 
 def serve_forever(root: Path | str, port: int | None = None, *,
-                  on_ready: Callable[[LocalHub], None] | None = None) -> str | None:
-    """Run the Hub in the foreground (for ``kernel-loader hub serve``) until Ctrl-C or SIGTERM. ``on_ready`` is
-    called with the running hub. Returns None when stopped by a signal, else why olah stopped by itself."""
-    hub = start_local_hub(root, port)
+                  on_ready: Callable[[LocalHub], None] | None = None,
+                  trusted_orgs: list[str] | tuple[str, ...] = ()) -> str | None:
+    """Run the Hub in the foreground (for ``kernel-loader hub serve``) until Ctrl-C or SIGTERM: olah behind the
+    front that answers stock clients' trust check for ``trusted_orgs`` and ``<root>/trusted-orgs``. ``on_ready``
+    is called with the running hub. Returns None when stopped by a signal, else why olah stopped by itself."""
+    hub = start_local_hub(root, port, front=True, trusted_orgs=trusted_orgs)
     stopping = False
 
     def _on_signal(signum, _frame):

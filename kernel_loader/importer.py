@@ -20,8 +20,14 @@ from .variants import device_type
 def import_variant(path: Path) -> ModuleType:
     """Import a verified variant folder as a package named by its build id (unique per build, so two versions
     of one kernel live side by side)."""
+    from .integrity import check_build_id
+
     meta = _kernels.Metadata.read_from_file(path / "metadata.json")
     name = meta.id
+    try:
+        check_build_id(name, where=f"variant {path.name}")  # also for local folders that no fetch checked
+    except ValueError as e:
+        raise KernelUnavailable(str(e), stage="import") from None
     if name in sys.modules:
         # Only reuse a module imported from this very folder: a metadata id such as 'os' or another kernel's id
         # must not hand back an unrelated module.

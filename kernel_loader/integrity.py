@@ -17,7 +17,10 @@ from .spec import is_commit
 
 MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
 MAX_PATH_CHARS = 512
-_ID_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
+# Our builds write _<python name>_<backend>_<rev> (kernel_loader/build/variant.py: ops_id_for); kernel-builder's
+# ids have the same leading underscore. Requiring it keeps ids out of the namespace of importable top-level modules.
+_BUILD_ID_RE = re.compile(r"^_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+$")
+_BUILD_ID_MAX = 200
 _B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
 
 
@@ -66,14 +69,17 @@ def check_metadata(raw: bytes, *, where: str):
     try:
         meta = _kernels.Metadata.from_bytes(raw)
     except (ValueError, OverflowError, TypeError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ValueError(f"{where}: metadata.json is invalid ({first})") from None
-    if not _ID_RE.match(meta.id or ""):
-        raise ValueError(f"{where}: metadata.json id {meta.id!r} is not a Python module name "
-                         "(letters, digits and '_', e.g. '_flash_attn2_cpu_1a2b3c')")
+        raise ValueError(f"{where}: metadata.json is invalid ({one_line(e)})") from None
+    check_build_id(meta.id, where=where)
     if meta.digest is not None:
         check_digest_files(dict(meta.digest.files), what=f"{where}: metadata.json")
     return meta
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's whole message on one line (the kernels parser spreads its rules over several lines)."""
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return text or type(e).__name__
 
 
 def sha256_b64(data: bytes) -> str:
@@ -86,3 +92,25 @@ def file_sha256_b64(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return base64.b64encode(h.digest()).decode()
+
+
+def check_build_id(name: object, *, where: str) -> str:
+    """A metadata.json ``id``: the shape our builds write, and no module Python could import by that name."""
+    import importlib.util
+    import sys
+
+    rule = ("'_<name>_<backend>_<rev>' (a leading underscore, letters and digits in '_'-separated parts, e.g. "
+            "'_flash_attn2_cpu_1a2b3c4')")
+    if not isinstance(name, str) or len(name) > _BUILD_ID_MAX or not _BUILD_ID_RE.match(name):
+        raise ValueError(f"{where}: metadata.json id {name!r:.80} is not a kernel build id; expected {rule}")
+    if name in sys.builtin_module_names or name in getattr(sys, "stdlib_module_names", ()):
+        raise ValueError(f"{where}: metadata.json id {name!r} is the name of a standard-library module; expected {rule}")
+    if name not in sys.modules:
+        try:
+            found = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            found = None
+        if found is not None:
+            raise ValueError(f"{where}: metadata.json id {name!r} would shadow the importable module at "
+                             f"{found.origin or found.name}; expected a build id no other module uses")
+    return name

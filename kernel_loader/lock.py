@@ -49,7 +49,7 @@ def lock_kernels(deps: dict[str, int], *, variants: list[str] | None = None, tru
         locked = {}
         got = acquire(spec, trust=trust, variants=variants, metadata_only=True)
         for item in got:
-            raw = (item.path / "metadata.json").read_bytes()
+            raw = item.metadata
             meta = check_metadata(raw, where=f"{repo_id}@{item.resolution.commit[:12]} build/{item.variant}")
             if meta.digest is None or not str(meta.digest.algorithm).lower().endswith("256"):
                 raise KernelUnavailable(f"{repo_id} build/{item.variant}/metadata.json has no sha256 digest; cannot "

@@ -200,13 +200,14 @@ def render_lock(lock: LockFile) -> tuple[str, str]:
     for k in lock.kernels.values():
         version = KernelVersion.Version(k.version) if k.version is not None else KernelVersion.Revision(k.revision)
         locks[KernelDependency(repo_id=k.repo_id, version=version)] = KernelLock(commit=k.commit)
+    # Exactly what `kernels lock` writes: KernelLocks.to_json() with no trailing newline (tests compare bytes).
     text = _kernels.KernelLocks(locks=locks).to_json() if locks else "[]"
     digests = {"format": DIGESTS_FORMAT, "kernels": {
         k.repo_id: {"commit": k.commit, "variants": {
             v.variant: {"algorithm": v.algorithm, "metadata.json": v.metadata_sha256, "files": v.files}
             for v in sorted(k.variants.values(), key=lambda v: v.variant)}}
         for k in sorted(lock.kernels.values(), key=lambda k: k.repo_id)}}
-    return text + "\n", json.dumps(digests, indent=2, sort_keys=True) + "\n"
+    return text, json.dumps(digests, indent=2, sort_keys=True) + "\n"
 
 
 def write_lock(lock: LockFile, path: str | Path) -> Path:

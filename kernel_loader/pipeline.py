@@ -15,24 +15,30 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from . import hubrepo
+from .cache import variant_path
 from .cachestate import record_trust, repo_lock
+from .containment import Limits
 from .errors import KernelUnavailable
 from .fetch import fetch
-from .hub_client import hub_api, hub_offline, metadata_file
+from .hub_client import HubServerError, HubUnreachable, hub_endpoint, hub_offline
 from .lockfile import LockedKernel, read_lock
-from .resolve import Resolution, list_variants, pin_revision, resolve
+from .resolve import Resolution, list_variants, other_versions_with_a_variant, pin_revision, resolve
 from .spec import KernelSpec
 from .system import detect
 from .trust import check_offline_commit, check_trust
+from .variants import parse_variants
 
 
 @dataclass(frozen=True)
 class Acquired:
-    """One verified variant folder (with ``metadata_only``: a folder holding only its metadata.json)."""
+    """One verified variant folder (with ``metadata_only``: its metadata.json bytes, read into memory only, and
+    the folder the variant would have in the cache)."""
 
     resolution: Resolution
     path: Path
     trusted_by: str  # allow-list | hub | offline-cache
+    metadata: bytes | None = None  # metadata_only: metadata.json as the Hub served it (size-bounded, id-checked)
 
     @property
     def variant(self) -> str:
@@ -96,8 +102,13 @@ def _resolutions(spec: KernelSpec, offline: bool, entry: LockedKernel | None,
     if entry is not None:
         res.revision = entry.ref  # recorded as refs/vN -> commit, so the locked version also resolves offline
     if res.variant is None:
-        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; {res.summary()}",
-                                stage="resolve")
+        hint = ""
+        if spec.version is not None and entry is None:  # a pinned @vN: name the versions that do have a build
+            others = other_versions_with_a_variant(spec, system)
+            hint = "".join(f"; v{n} has {variant}" for n, variant in others)
+            hint += f": use @v{others[0][0]}" if others else ""
+        raise KernelUnavailable(f"no variant of {spec.repo_id}@{res.revision} for {system.variant}; "
+                                f"{res.summary()}{hint}", stage="resolve")
     if entry is not None and entry.variants and res.variant not in entry.variants:
         raise KernelUnavailable(f"variant {res.variant} of {spec.repo_id} is not in the lock file (locked: "
                                 f"{', '.join(sorted(entry.variants))}); re-run `kernel-loader lock`", stage="resolve")
@@ -112,11 +123,23 @@ def _fetch_one(spec: KernelSpec, res: Resolution, how: str, entry: LockedKernel 
 
 
 def _metadata(spec: KernelSpec, variants: list[str] | None, how: str) -> list[Acquired]:
-    api = hub_api()
-    revision, commit = pin_revision(spec, api, ttl=0)  # a lock pins what the Hub says now, not a cached listing
-    have = list_variants(spec, api, commit)
-    chosen = have if not variants else [v for v in have if v in variants]
-    if not chosen:
-        raise ValueError(f"{spec.repo_id}@{revision} has none of the variants {variants}; have: {', '.join(have)}")
-    return [Acquired(Resolution(spec.repo_id, revision, commit, name, [], offline=False),
-                     Path(metadata_file(spec, api, commit, name)).parent, how) for name in chosen]
+    try:
+        revision, commit = pin_revision(spec, ttl=0)  # a lock pins what the Hub says now, not a cached listing
+        found, _ = parse_variants(list_variants(spec, revision, commit))
+        have = sorted(v.variant_str for v in found)
+        chosen = have if not variants else [v for v in have if v in variants]
+        if not chosen:
+            raise ValueError(f"{spec.repo_id}@{revision} has none of the variants {variants}; have: "
+                             f"{', '.join(have) or 'none'}")
+        limits = Limits.from_env()
+        out = []
+        for name in chosen:
+            raw, _, _ = hubrepo.read_metadata(spec, commit, name, limits, stage="resolve")
+            out.append(Acquired(Resolution(spec.repo_id, revision, commit, name, [], offline=False),
+                                variant_path(spec.repo_id, commit, name), how, metadata=raw))
+        return out
+    except HubServerError as e:
+        raise KernelUnavailable(e.reason, stage="resolve") from None
+    except HubUnreachable as e:
+        raise KernelUnavailable(f"locking {spec.repo_id} needs the Hub {hub_endpoint()}, which is unreachable "
+                                f"({e})", stage="resolve") from None

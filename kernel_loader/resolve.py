@@ -12,15 +12,15 @@ read. Every failure raises :class:`KernelUnavailable` with a one-line reason.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from . import _kernels
+from . import _kernels, hubrepo
 from .cache import cache_dir, read_ref, refs_dir, snapshot_build, variant_path
 from .cachestate import cached_listing, listing_ttl
+from .containment import Limits
 from .errors import KernelUnavailable
-from .hub_client import HubUnreachable, hub_api, hub_call, hub_endpoint, hub_offline, metadata_file
+from .hub_client import HubServerError, HubUnreachable, hub_endpoint, hub_offline
+from .integrity import check_metadata
 from .spec import KernelSpec, branch_of_version, is_commit, version_branches, version_of_branch
 from .system import SystemInfo
 from .variants import parse_variants
@@ -61,7 +61,12 @@ def resolve(spec: KernelSpec, system: SystemInfo, *, offline: bool | None = None
         return _resolve_online(spec, system)
     except HubUnreachable as e:
         # A cluster node that lost the Hub still runs what it already has.
-        return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
+        try:
+            return _resolve_cached(spec, system, why=f"Hub {hub_endpoint()} unreachable ({e})")
+        except KernelUnavailable:
+            if isinstance(e, HubServerError):  # the Hub answered: name its error, no offline advice
+                raise KernelUnavailable(e.reason, stage="resolve") from None
+            raise
 
 
 def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]:
@@ -75,7 +80,7 @@ def _pick_version(spec: KernelSpec, versions: dict[int, str]) -> tuple[str, str]
     return branch_of_version(want), versions[want]
 
 
-def pin_revision(spec: KernelSpec, api, *, ttl: float | None = None) -> tuple[str, str]:
+def pin_revision(spec: KernelSpec, *, ttl: float | None = None) -> tuple[str, str]:
     """(revision, commit) the Hub gives for ``spec``: the asked-for or newest ``vN`` branch, a tag or branch, or
     a commit as is. Listings are cached on disk for ``ttl`` seconds (default ``KERNEL_LOADER_LISTING_TTL``) so
     that N ranks starting together ask the Hub once; what comes back from the cache file is validated like a Hub
@@ -83,8 +88,7 @@ def pin_revision(spec: KernelSpec, api, *, ttl: float | None = None) -> tuple[st
     ttl = listing_ttl() if ttl is None else ttl
     if spec.revision is None or spec.version is not None:
         def list_versions():
-            refs = hub_call(spec, api.list_repo_refs, spec.repo_id, repo_type="kernel")
-            found = version_branches((b.name, b.target_commit) for b in refs.branches)
+            found = version_branches(hubrepo.list_refs(spec).branches.items())
             return {str(n): c for n, c in found.items()}
 
         raw = cached_listing(spec.repo_id, "refs", list_versions, ttl=ttl) if ttl else list_versions()
@@ -96,7 +100,7 @@ def pin_revision(spec: KernelSpec, api, *, ttl: float | None = None) -> tuple[st
     revision = spec.revision
 
     def revision_commit():
-        return hub_call(spec, api.repo_info, spec.repo_id, repo_type="kernel", revision=revision).sha
+        return hubrepo.revision_commit(spec, revision)
 
     commit = cached_listing(spec.repo_id, f"rev:{revision}", revision_commit, ttl=ttl) if ttl else revision_commit()
     if not is_commit(commit):
@@ -104,12 +108,11 @@ def pin_revision(spec: KernelSpec, api, *, ttl: float | None = None) -> tuple[st
     return revision, commit
 
 
-def list_variants(spec: KernelSpec, api, commit: str) -> list[str]:
-    """The variant names of ``commit`` (a commit's tree never changes: the listing is cached for good)."""
-    from kernels.variants import get_variants
-
+def list_variants(spec: KernelSpec, revision: str, commit: str) -> list[str]:
+    """The folder names under build/ at ``commit`` (a commit's tree never changes: the listing is cached for good).
+    Whether each is a variant is decided by :func:`kernel_loader.variants.parse_variants`."""
     def listing():
-        return sorted(v.variant_str for v in hub_call(spec, get_variants, api, repo_id=spec.repo_id, revision=commit))
+        return hubrepo.list_variant_names(spec, revision, commit, Limits.from_env())
 
     names = cached_listing(spec.repo_id, f"variants@{commit}", listing)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -117,12 +120,32 @@ def list_variants(spec: KernelSpec, api, commit: str) -> list[str]:
     return names
 
 
+def other_versions_with_a_variant(spec: KernelSpec, system: SystemInfo) -> list[tuple[int, str]]:
+    """(N, variant) for every other ``vN`` branch of the repo that has a variant for ``system``, newest first: what
+    to suggest when the pinned version has none. Empty offline or when the Hub cannot be asked."""
+    if hub_offline():
+        return []
+    try:
+        found = version_branches(hubrepo.list_refs(spec).branches.items())
+        out = []
+        for n, commit in sorted(found.items(), reverse=True):
+            if n == spec.version:
+                continue
+            variants, _invalid = parse_variants(list_variants(spec, branch_of_version(n), commit))
+            res = _decide(spec, branch_of_version(n), commit, variants, offline=False)
+            if res.variant is not None:
+                out.append((n, res.variant))
+        return out
+    except (HubUnreachable, KernelUnavailable):
+        return []
+
+
 def _resolve_online(spec: KernelSpec, system: SystemInfo) -> Resolution:
-    api = hub_api()
-    revision, commit = pin_revision(spec, api)
-    variants = parse_variants(list_variants(spec, api, commit))
-    resolution = _decide(spec, revision, commit, variants, offline=False)
-    return _check_archs(spec, resolution, system, api=api)
+    revision, commit = pin_revision(spec)
+    variants, invalid = parse_variants(list_variants(spec, revision, commit))
+    rejected = [VariantDecision(repr(n)[1:-1][:80], False, "not a valid variant folder name") for n in invalid]
+    resolution = _decide(spec, revision, commit, variants, offline=False, rejected=rejected)
+    return _check_archs(spec, resolution, system, online=True)
 
 
 def _valid_versions(raw) -> bool:
@@ -158,13 +181,14 @@ def _resolve_cached(spec: KernelSpec, system: SystemInfo, *, why: str) -> Resolu
     # Only variants whose metadata.json was fully downloaded count as cached.
     variants = [v for v in get_variants_local(build) if (build / v.variant_str / "metadata.json").is_file()]
     resolution = _decide(spec, revision, commit, variants, offline=True)
-    return _check_archs(spec, resolution, system, api=None)
+    return _check_archs(spec, resolution, system, online=False)
 
 
-def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool) -> Resolution:
+def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: bool,
+            rejected: list[VariantDecision] = ()) -> Resolution:
     from kernels.variants import VariantAccepted, resolve_variants
 
-    chosen, trace = resolve_variants(variants)
+    chosen, trace = resolve_variants(variants) if variants else ([], [])
     return Resolution(
         repo_id=spec.repo_id,
         revision=revision,
@@ -175,26 +199,28 @@ def _decide(spec: KernelSpec, revision: str, commit: str, variants, *, offline: 
             if isinstance(d, VariantAccepted)
             else VariantDecision(d.variant.variant_str, False, d.reason)
             for d in trace
-        ],
+        ] + list(rejected),
         offline=offline,
     )
 
 
-def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, api) -> tuple[str, list[str] | None]:
-    """(backend type, declared archs) from the variant's metadata.json (downloaded alone; it is tiny)."""
-    if api is None:
-        path = variant_path(res.repo_id, res.commit, variant) / "metadata.json"
-    else:
-        path = Path(metadata_file(spec, api, res.commit, variant))
+def _metadata_archs(spec: KernelSpec, res: Resolution, variant: str, online: bool) -> tuple[str, list[str] | None]:
+    """(backend type, declared archs) from the variant's metadata.json: read from the cache offline, else from
+    the Hub into memory only (its size checked from the listing first; nothing is written to the cache)."""
+    where = f"{res.repo_id} variant {variant}"
     try:
-        meta = json.loads(path.read_text())
-        backend = meta["backend"]
-        return str(backend.get("type")), backend.get("archs")
-    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
-        raise KernelUnavailable(f"{res.repo_id} variant {variant}: unreadable metadata.json ({e})", stage="resolve")
+        if online:
+            _, meta, _ = hubrepo.read_metadata(spec, res.commit, variant, Limits.from_env(), stage="resolve")
+        else:
+            meta = check_metadata((variant_path(res.repo_id, res.commit, variant) / "metadata.json").read_bytes(),
+                                  where=where)
+        archs = meta.backend.archs
+        return str(meta.backend.backend_type), None if archs is None else [str(a) for a in archs]
+    except (OSError, ValueError, AttributeError, TypeError) as e:
+        raise KernelUnavailable(f"{where}: unreadable metadata.json ({e})", stage="resolve")
 
 
-def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) -> Resolution:
+def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, online: bool) -> Resolution:
     """Reject accepted CUDA variants whose declared archs exclude this GPU; keep the first that fits."""
     if res.variant is None or system.gpu_capability is None:
         return res
@@ -203,7 +229,7 @@ def _check_archs(spec: KernelSpec, res: Resolution, system: SystemInfo, *, api) 
     for i, d in enumerate(trace):
         if not d.accepted:
             continue
-        backend, archs = _metadata_archs(spec, res, d.variant, api)
+        backend, archs = _metadata_archs(spec, res, d.variant, online)
         if backend == "cuda" and archs and not _kernels.supports_cuda_capability(archs, (major, minor)):
             trace[i] = VariantDecision(
                 d.variant, False, f"GPU capability {system.gpu_capability} not in the build's archs {','.join(archs)}")

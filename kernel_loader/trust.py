@@ -13,7 +13,6 @@ from __future__ import annotations
 from .cachestate import trust_record
 from .env import env_text
 from .errors import KernelUnavailable
-from .hub_client import hub_api, hub_endpoint
 from .spec import KernelSpec
 
 
@@ -42,18 +41,33 @@ def check_trust(spec: KernelSpec, *, offline: bool, trust=None) -> str:
             f"KERNEL_LOADER_TRUST={spec.org} or trust=[{spec.repo_id!r}], or download it online after trusting it",
             stage="trust",
         )
-    try:
-        overview = hub_api().get_organization_overview(spec.org)
-        trusted = bool(getattr(overview, "trustedKernelPublisher", False))
-    except Exception:  # the Hub (or a mirror) cannot say: treat as not trusted
-        trusted = False
+    trusted, why = hub_trusts(spec.org)
     if trusted:
         return "hub"
     raise KernelUnavailable(
-        f"publisher {spec.org!r} is not trusted (not a trusted kernel publisher on {hub_endpoint()}); "
+        f"publisher {spec.org!r} is not trusted ({why}); "
         f"allow it with KERNEL_LOADER_TRUST={spec.org} or trust=[{spec.repo_id!r}]",
         stage="trust",
     )
+
+
+def hub_trusts(org: str) -> tuple[bool, str]:
+    """(trusted?, what the Hub said) from ``/api/organizations/<org>/overview``'s ``trustedKernelPublisher`` flag,
+    the check the `kernels` client makes; any other answer counts as not trusted."""
+    from urllib.parse import quote
+
+    from . import hubio
+
+    url = f"{hubio.endpoint()}/api/organizations/{quote(org, safe='')}/overview"
+    try:
+        data, _ = hubio.get_json(url, max_bytes=1 << 20, what=f"overview of {org}")
+    except hubio.HubStatus as e:
+        return False, f"the Hub {hubio.endpoint()} answered HTTP {e.status} for its publisher overview"
+    except (hubio.HubUnreachable, ValueError) as e:
+        return False, f"the Hub {hubio.endpoint()} gave no usable publisher overview: {e}"
+    if isinstance(data, dict) and data.get("trustedKernelPublisher") is True:
+        return True, "trusted kernel publisher"
+    return False, f"not a trusted kernel publisher on {hubio.endpoint()}"
 
 
 def check_offline_commit(repo_id: str, commit: str) -> None:

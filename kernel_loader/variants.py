@@ -21,20 +21,21 @@ def variant_name(kind: str, backend: str, *, platform: str, os: str, torch_minor
     return ArchVariant(framework=framework, arch=Arch(backend=be, platform=platform, os=os)).variant_str
 
 
-def parse_variants(names: list[str]) -> list:
-    """Variant objects for listed names; names that are not variants (or not safe folder names) are skipped,
-    as kernels' own get_variants does."""
+def parse_variants(names: list[str]) -> tuple[list, list[str]]:
+    """(variant objects, invalid names) for listed folder names: a name that is not a variant (or not a safe
+    folder name) is returned apart, so resolution can say why nothing fit instead of skipping it silently."""
     from kernels.variants import parse_variant
 
-    out = []
+    out, invalid = [], []
     for n in names:
-        if "/" in n or n in ("", ".", "..") or any(ord(c) < 32 for c in n):
+        if "/" in n or "\\" in n or n in ("", ".", "..") or any(ord(c) < 32 or ord(c) == 127 for c in n):
+            invalid.append(n)
             continue
         try:
             out.append(parse_variant(n))
         except Exception:
-            continue
-    return out
+            invalid.append(n)
+    return out, invalid
 
 
 def backend_name(variant: str) -> str | None:

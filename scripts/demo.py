@@ -46,15 +46,16 @@ def main() -> int:
     print(f"{result.branch} -> {result.commit[:12]} ({'new commit' if result.changed else 'unchanged'}); "
           f"variants: {', '.join(result.variants)}")
 
-    step("3/4 serve it (olah on 127.0.0.1)")
+    step("3/4 serve it (olah on 127.0.0.1, kernels-community marked a trusted publisher)")
     cache = args.work / "cache"
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
-    with start_local_hub(args.work / "hub") as hub:
+    with start_local_hub(args.work / "hub", front=True, trusted_orgs=["kernels-community"]) as hub:
         print(f"export HF_ENDPOINT={hub.endpoint}")
         step("4/4 user process: only environment variables point it at the Hub")
-        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), KERNELS_CACHE=str(cache),
-                   KERNEL_LOADER_TRUST="kernels-community", HF_HUB_DISABLE_TELEMETRY="1")
+        # No allow-list: the Hub marks kernels-community a trusted publisher, as huggingface.co does. Nothing else is
+        # set either (HF_HUB_DISABLE_TELEMETRY=1 would break the stock `kernels` CLI with huggingface_hub 2.4).
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), KERNELS_CACHE=str(cache))
         env.pop("HF_HUB_OFFLINE", None)
         return subprocess.call([sys.executable, str(ROOT / "scripts" / "demo_user.py")], env=env)
 

@@ -9,6 +9,13 @@ number of times, so a test can check both the error and the retry that follows:
 - ``stall``: send the headers and a few bytes, then go silent for ``stall_s`` seconds;
 - ``status``: answer ``code`` (500, 429, ...) with a short body, never reaching upstream;
 - ``throttle``: stream the body in small chunks with a pause (to kill the upstream mid-transfer).
+
+And the lies a hostile Hub (or mirror) can tell, for the containment and bounds tests:
+
+- ``headers``: forward, but set the given response headers (``ETag: "/abs/path"``, ``X-Repo-Commit: ../..``);
+- ``rewrite``: forward, but replace the body by ``transform(body)`` (a tree listing with extra or hostile entries);
+- ``serve``: answer 200 with ``body()`` (an iterator of chunks, e.g. 1 GiB generated on the fly, never held in
+  memory) and ``length`` (None: chunked), never reaching upstream.
 """
 
 from __future__ import annotations
@@ -25,11 +32,15 @@ _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgra
 @dataclass
 class Fault:
     kind: str  # truncate | flip | stall | status | throttle
-    match: str  # substring of the request path
+    match: object  # substring of the request path, or a compiled regex searched in it
     times: int = 1  # how many matching requests it hits (then it is spent)
-    method: str = "GET"
+    method: str = "GET"  # or "*" for GET and HEAD
     code: int = 500
     stall_s: float = 30.0
+    headers: dict | None = None  # headers: set on the response
+    transform: object = None  # rewrite: callable(bytes) -> bytes
+    body: object = None  # serve: callable() -> iterator of bytes
+    length: int | None = None  # serve: Content-Length (None: chunked)
     fired: int = 0
 
 
@@ -68,7 +79,8 @@ class FaultProxy:
     def _take(self, method: str, path: str) -> Fault | None:
         with self._lock:
             for f in self.faults:
-                if f.method == method and f.match in path and f.fired < f.times:
+                hit = f.match.search(path) if hasattr(f.match, "search") else f.match in path
+                if f.method in (method, "*") and hit and f.fired < f.times:
                     f.fired += 1
                     return f
         return None
@@ -112,6 +124,9 @@ class FaultProxy:
                         self.wfile.write(body)
                     proxy._record(LogRow(method, self.path, fault.code, len(body), "status"))
                     return
+                if fault is not None and fault.kind == "serve":
+                    self._serve(method, fault)
+                    return
                 try:
                     conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=60)
                     headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
@@ -125,6 +140,12 @@ class FaultProxy:
                     self.end_headers()
                     proxy._record(LogRow(method, self.path, 502, 0, "upstream down"))
                     return
+                kind = fault.kind if fault else None
+                if kind == "rewrite" and body is not None:
+                    body = fault.transform(body)
+                if kind == "headers":
+                    names = {n.lower() for n in fault.headers}
+                    rheaders = [(k, v) for k, v in rheaders if k.lower() not in names] + list(fault.headers.items())
                 self.send_response(status)
                 length = None
                 for k, v in rheaders:
@@ -147,9 +168,8 @@ class FaultProxy:
                 self.end_headers()
                 self.close_connection = True
                 if method == "HEAD":
-                    proxy._record(LogRow(method, self.path, status, 0))
+                    proxy._record(LogRow(method, self.path, status, 0, kind))
                     return
-                kind = fault.kind if fault else None
                 try:
                     if kind == "throttle":
                         sent = 0
@@ -183,6 +203,29 @@ class FaultProxy:
                     proxy._record(LogRow(method, self.path, status, len(body), kind))
                 except OSError:
                     proxy._record(LogRow(method, self.path, status, -1, kind or "client gone"))
+
+            def _serve(self, method: str, fault: Fault) -> None:
+                self.send_response(200)
+                for k, v in (fault.headers or {}).items():
+                    self.send_header(k, v)
+                if fault.length is None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(fault.length))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                sent = 0
+                try:
+                    if method != "HEAD":
+                        for chunk in fault.body():
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if fault.length is None else chunk)
+                            sent += len(chunk)
+                        if fault.length is None:
+                            self.wfile.write(b"0\r\n\r\n")
+                except OSError:  # the client refused the rest: what it took is what was sent
+                    pass
+                proxy._record(LogRow(method, self.path, 200, sent, "serve"))
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import string
 import tarfile
 
@@ -177,10 +178,40 @@ def test_fuzz_tree_listings(names, refs):
     from kernel_loader.spec import COMMIT_RE as _COMMIT_RE
     from kernel_loader.variants import parse_variants
 
-    for v in parse_variants(names):
+    variants, invalid = parse_variants(names)
+    for v in variants:
         assert "/" not in v.variant_str and ".." not in v.variant_str and safe_relpath(v.variant_str, what="v")
+    assert len(variants) + len(invalid) == len(names)  # nothing skipped silently: resolution names the invalid
     if _valid_versions(refs):
         assert all(_COMMIT_RE.match(c) and k.isdigit() for k, c in refs.items())
+
+
+listing_entry = st.fixed_dictionaries({
+    "type": st.sampled_from(["file", "directory", "symlink", 3]),
+    "path": st.one_of(st.builds(lambda n: "build/torch-cpu/" + n, hostile_names), hostile_names),
+    "oid": st.one_of(st.sampled_from(["a" * 40, "b" * 64, "A" * 40, "../x"]), json_scalars),
+    "size": st.one_of(st.integers(min_value=-2, max_value=2**40), json_scalars),
+}, optional={"lfs": st.one_of(json_scalars, st.fixed_dictionaries({"oid": st.sampled_from(["c" * 64, "d" * 40]),
+                                                                   "size": st.integers(-1, 10)}))})
+
+
+@FUZZ
+@given(listing_entry)
+def test_fuzz_variant_listing_entries(item):
+    """A variant listing entry from a hostile Hub: refused with the value named, or a path inside the variant
+    folder with an integer size and a hex blob id (the only things a download path is built from)."""
+    from kernel_loader.containment import listed_file
+
+    where = "acme/fuzz@0123 build/torch-cpu"
+    try:
+        f = listed_file(item, folder="build/torch-cpu", where=where)
+    except ValueError as e:
+        assert str(e).startswith(where), str(e)
+        return
+    if f is None:
+        assert item["type"] == "directory"
+        return
+    assert safe_relpath(f.path, what="x") and f.size >= 0 and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", f.blob_id)
 
 
 @FUZZ

@@ -22,9 +22,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kernel_loader"
 # kernel_loader; "pkg.*" means every module inside pkg.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("L0 bottom", ("_version", "errors", "env", "_kernels", "spec", "variants", "reference", "cache", "hub_client",
-                   "system", "offline_mode")),
-    ("L1 checks and cache state", ("integrity", "cachestate", "trust", "lockfile", "selftest", "selftest.cases")),
-    ("L2 resolve, fetch, import", ("resolve", "fetch", "importer")),
+                   "hubio", "system", "offline_mode")),
+    ("L1 checks and cache state", ("integrity", "containment", "cachestate", "trust", "lockfile", "selftest",
+                                   "selftest.cases", "metadata_checks")),
+    ("L2 resolve, fetch, import", ("hubrepo", "resolve", "fetch", "importer")),
     ("L3 pipeline", ("pipeline",)),
     ("L4 load and its users", ("fallback", "adapters", "adapters.*", "selftest.check", "api", "lock", "bundle",
                                "distributed")),
@@ -35,7 +36,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 # Authoring (building, publishing, CI matrices, writing selftest references, the local Hub server): may import
 # each other and layers up to AUTHORING_MAY_IMPORT; nothing in LAYERS but the cli may import them.
 AUTHORING: tuple[str, ...] = ("build", "build.*", "publish", "publish.*", "matrix", "matrix.*", "selftest.write",
-                              "hub")
+                              "hub", "hubfront")
 AUTHORING_MAY_IMPORT = "L2 resolve, fetch, import"
 ADD_A_LINE = "add it to a line of LAYERS (or to AUTHORING) in tests/test_layers.py"
 

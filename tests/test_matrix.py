@@ -300,6 +300,8 @@ def test_status_table_local_and_hub(local_hub, tiny_kernel, repos, capsys):
     assert by["torch213-cxx11-cpu-x86_64-linux"].hub_bytes == by["torch213-cxx11-cpu-x86_64-linux"].local_bytes
     assert by["torch214-cxx11-cpu-x86_64-linux"].local_bytes is None  # in the matrix, not built
     assert not by["torch-cpu"].in_matrix and by["torch-cpu"].hub_bytes is None
+    # The Hub's metadata.json is read into memory (size bounded, bytes checked against the listed blob id).
+    assert m.hub_variants("acme/demo-attn-status", "v1")["torch213-cxx11-cpu-x86_64-linux"][1]["name"] == "demo-attn"
     table = m.format_status(rows, hub=True)
     import re
 

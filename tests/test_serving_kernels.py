@@ -1,8 +1,7 @@
 """transformers serving paths through our Python/Triton kernel repos, on CPU with tiny random-weight models:
 
-- continuous batching (``generate_batch``, the paged cache) with ``attn_implementation="paged|org/paged-attention"``
-  runs through the paged-attention kernel (its reshape_and_cache_flash and paged_attention_varlen are called)
-  and gives the same greedy tokens as sdpa;
+- the paged adapter outside continuous batching (sdpa, named) and its block tables (continuous batching itself:
+  tests/test_continuous_batching.py);
 - a Mistral config with ``sliding_window`` smaller than the sequence runs through the sliding-window kernel with
   greedy output equal to sdpa's.
 """
@@ -78,24 +77,6 @@ def _greedy_batch(model, prompts, attn, max_new_tokens=12):
         out = model.generate_batch(inputs=prompts, generation_config=gen, continuous_batching_config=cb,
                                    progress_bar=False)
     return {i: out[k].generated_tokens for i, k in enumerate(sorted(out, key=lambda r: int(r.split("_")[-1])))}
-
-
-def test_continuous_batching_runs_through_the_paged_kernel(hooked):
-    from kernel_loader import api as kernel_loader
-
-    model = _tiny_llama()
-    g = torch.Generator().manual_seed(1)
-    # lengths around the page size (16): partly filled last pages, a prompt of several pages, a one-token prompt
-    prompts = [torch.randint(1, 160, (n,), generator=g).tolist() for n in (5, 16, 37, 1, 23)]
-    ref = _greedy_batch(model, prompts, "sdpa")
-    loaded = kernel_loader.load(PAGED_REPO)
-    assert loaded.ok and loaded.variant == "torch-cpu", loaded.fallback
-    counts = _count_calls(loaded.module, ["reshape_and_cache_flash", "paged_attention_varlen"])
-    ours = _greedy_batch(model, prompts, f"paged|{PAGED_REPO}")
-    assert ours == ref
-    # every layer of every forward writes through the kernel and attends through it (prefill and decode steps)
-    assert counts["paged_attention_varlen"] >= 2 * 12 and counts["reshape_and_cache_flash"] == counts[
-        "paged_attention_varlen"]
 
 
 def test_paged_adapter_outside_continuous_batching_uses_sdpa_with_a_warning(hooked):

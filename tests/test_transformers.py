@@ -1,17 +1,13 @@
 """kernel_loader.enable() with real transformers: tiny local Llama models, random weights, no downloads.
 
 The kernel-path tests need the fixture ``published_flash_attn2`` (repo id of the CPU flash-attn2 kernel published on
-the local Hub, from conftest); they skip with that reason when it is not defined. The 5.23 tests install
-transformers 5.23.0 (no deps) into the pytest cache on first use and run it in a subprocess, first on sys.path.
+the local Hub, from conftest); they skip with that reason when it is not defined. Other transformers releases:
+``scripts/test_transformers_matrix`` runs this file on each release of the tested window.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -26,8 +22,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 from kernel_loader.integrations import transformers as hook  # noqa: E402
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TF523 = "5.23.0"
 MISSING_SPEC = "kernels-test/no-such-kernel"  # org trusted in the tests below; repo absent from the Hub
 
 
@@ -155,21 +149,6 @@ def test_enable_is_idempotent_and_disable_restores(enabled):
     hook.disable()  # no-op
 
 
-@pytest.mark.parametrize("version", ["5.21.0", "5.24.0.dev0", "6.0.0"])
-def test_unsupported_transformers_version(monkeypatch, version):
-    # transformers swaps the top-level module in sys.modules while importing models: patch the current one.
-    monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
-    with pytest.raises(hook.UnsupportedTransformersVersion, match=r"5\.22\.x, 5\.23\.x; found " + version):
-        hook.enable()
-    assert not hook.is_enabled()
-    with pytest.warns(RuntimeWarning, match="force=True"):
-        hook.enable(force=True)
-    try:
-        assert hook.is_enabled()
-    finally:
-        hook.disable()
-
-
 def test_mask_function_names_valid_formats():
     assert hook.mask_function("flash") is flash_attention_mask
     assert hook.mask_function("sdpa") is sdpa_mask
@@ -279,111 +258,6 @@ def test_strict_mode_raises_and_a_later_non_strict_load_still_works(enabled, mis
         model.set_attn_implementation(spec)
     assert model.config._attn_implementation == spec
     assert hook.loaded_kernels()[spec].fallback
-
-
-# ------------------------------------------------------------------ (d) transformers 5.23.0 in a subprocess
-
-
-@pytest.fixture(scope="session")
-def tf523_path(request, tmp_path_factory) -> Path:
-    """transformers 5.23.0 (no deps) installed into the pytest cache on first use (a session temp dir when the
-    cache plugin is off); skip if pip cannot get it."""
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir("transformers-" + TF523)) if cache else tmp_path_factory.mktemp("transformers-" + TF523)
-    target = root / "site"
-    if not (target / "transformers" / "__init__.py").is_file():
-        staging = root / f"staging-{os.getpid()}"
-        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-               "--target", str(staging), f"transformers=={TF523}"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot install transformers {TF523} into {root} ({proc.stderr.strip().splitlines()[-1:]})")
-        if not target.exists():
-            staging.rename(target)
-    return target
-
-
-TF523_SCRIPT = textwrap.dedent(
-    """
-    import json, sys, tempfile, warnings
-    import torch, transformers
-    from transformers import LlamaConfig, LlamaForCausalLM
-    mode, spec, out = sys.argv[1], sys.argv[2], {}
-    out["version"] = transformers.__version__
-    out["file"] = transformers.__file__
-    cfg = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.5)
-    torch.manual_seed(0)
-    path = tempfile.mkdtemp()
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    if mode == "enabled":
-        from kernel_loader.integrations import transformers as transformers_hook
-        transformers_hook.enable()
-
-    def attempt(name, fn):
-        try:
-            fn()
-            out[name] = "ok"
-        except Exception as e:
-            out[name] = f"{type(e).__name__}: {e}"
-
-    holder = {}
-    attempt("from_pretrained", lambda: holder.setdefault(
-        "model", LlamaForCausalLM.from_pretrained(path, attn_implementation=spec).eval()))
-    ref = LlamaForCausalLM.from_pretrained(path, attn_implementation="sdpa").eval()
-    attempt("set_attn_implementation", lambda: ref.set_attn_implementation(spec))
-    ref.set_attn_implementation("sdpa")
-    if "model" in holder:
-        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-        model = holder["model"]
-        loaded = transformers_hook.loaded_kernels()[spec]
-        ids = torch.randint(1, 128, (2, 10), generator=torch.Generator().manual_seed(1))
-        mask = torch.ones_like(ids)
-        mask[1, :4] = 0
-        with torch.no_grad(), torch.profiler.profile() as prof:
-            got = model(ids, attention_mask=mask).logits
-        with torch.no_grad():
-            want = ref(ids, attention_mask=mask).logits
-        prefix = loaded.module.__name__ + "::" if loaded.module is not None else "<none>"
-        out["kernel_ops"] = sorted({e.key for e in prof.key_averages() if e.key.startswith(prefix)})
-        keep = mask.bool()
-        out.update(attn_implementation=model.config._attn_implementation, fallback=loaded.fallback,
-                   variant=loaded.variant, ours=ALL_ATTENTION_FUNCTIONS[spec] is loaded.attention,
-                   max_abs_diff=(got[keep] - want[keep]).abs().max().item())
-    print("RESULT " + json.dumps(out))
-    """
-)
-
-
-def run_tf523(tf523_path: Path, mode: str, spec: str) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tf523_path), str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-c", TF523_SCRIPT, mode, spec], capture_output=True, text=True,
-                          env=env, timeout=300)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"5.23 subprocess failed:\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads(lines[-1][len("RESULT "):])
-    assert result["version"] == TF523 and result["file"].startswith(str(tf523_path)), result
-    return result
-
-
-@pytest.mark.slow
-def test_tf523_native_hub_kernel_path_needs_newer_kernels(tf523_path):
-    """Without enable(), transformers 5.23.0 refuses hub kernels: it wants kernels >= 0.18.2 and we have 0.17.2."""
-    result = run_tf523(tf523_path, "native", "kernels-test/flash-attn2")
-    for entry in ("from_pretrained", "set_attn_implementation"):
-        assert result[entry].startswith("ImportError:"), result
-        assert "kernels" in result[entry] and "0.18.2" in result[entry], result
-
-
-@pytest.mark.slow
-def test_tf523_enabled_routes_through_kernel_loader(tf523_path, flash_repo):
-    result = run_tf523(tf523_path, "enabled", flash_repo)
-    assert result["from_pretrained"] == "ok" and result["set_attn_implementation"] == "ok", result
-    assert result["attn_implementation"] == flash_repo and result["ours"], result
-    assert result["fallback"] is None and result["variant"], result
-    assert result["max_abs_diff"] < 1e-4, result
-    assert any("varlen" in op for op in result["kernel_ops"]), result
 
 
 @pytest.mark.slow

@@ -31,6 +31,7 @@ def make_tiny_kernel(
     version: int = 1,
     extra_files: dict[str, str] | None = None,
     backend: str = "cpu",
+    module_id: str | None = None,
 ) -> Path:
     """Write a pure-Python variant at ``build_dir/build/<variant>/`` and return the variant dir.
 
@@ -44,7 +45,7 @@ def make_tiny_kernel(
     if vdir.exists():
         shutil.rmtree(vdir)
     vdir.mkdir(parents=True)
-    module_id = f"_{name.replace('-', '_')}_{backend}_v{version}_{value}"
+    module_id = module_id or f"_{name.replace('-', '_')}_{backend}_v{version}_{value}"
     (vdir / "__init__.py").write_text(
         f'"""Tiny test kernel {name} ({variant})."""\n'
         "from .impl import add\n\n"

@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import KernelUnavailable
+from .call import UnknownAttentionArguments, normalize_paged, score_modifiers
 from .capabilities import Capabilities
 from .notes import once
-from .sdpa import masked_attention, torch_sdpa
+from .sdpa import floor_attention, torch_sdpa
 
 
 class FlashKernel:
@@ -32,12 +33,20 @@ class FlashKernel:
 
     def __init__(self, module: ModuleType, function: str | None, device_type: str):
         name = function or "flash_attn_func"
+        self.module = module
         self.func = getattr(module, name, None)
         if not callable(self.func):
             have = ", ".join(n for n in getattr(module, "__all__", dir(module)) if not n.startswith("_"))
             raise KernelUnavailable(f"kernel module has no function {name!r}; it provides: {have}", stage="adapt")
-        self.varlen = getattr(module, "flash_attn_varlen_func", None)
         self.caps = Capabilities.of(module, device_type)
+
+    @property
+    def varlen(self):  # looked up per call, as transformers does with a kernel module
+        return getattr(self.module, "flash_attn_varlen_func", None)
+
+    @property
+    def kvcache(self):
+        return getattr(self.module, "flash_attn_with_kvcache", None)
 
     def unsupported(self, q, k, v) -> str | None:
         """Why this call cannot use the kernel, or None."""
@@ -63,10 +72,16 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         is_causal = kwargs.pop("is_causal", None)
         if is_causal is None:
             is_causal = getattr(module_, "is_causal", True)
+        mods = score_modifiers(label, module_, kwargs)  # raises on an argument nobody knows
+        if "cache" in kwargs or isinstance(kwargs.get("cu_seq_lens_k"), dict):
+            key, value = normalize_paged(label, module_, key, value, kwargs)  # continuous batching
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         window = (-1, -1)
         if sliding_window:  # transformers' sliding mask: kv > q - sliding_window
             window = (sliding_window - 1, 0 if is_causal else sliding_window - 1)
+        if kwargs.get("block_table") is not None and kwargs.get("k_cache") is not None:
+            return _block_table_call(label, kernel, query, key, value, kwargs, scale, is_causal, window, softcap,
+                                     mods), None
         why = kernel.unsupported(query, key, value)
         if why is None and kwargs.get("output_attentions"):
             why = "output_attentions=True needs the attention weights"
@@ -74,19 +89,19 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
             why = "attention dropout in training"
         if why is None and attention_mask is not None and attention_mask.dim() != 2:
             why = f"a {attention_mask.dim()}-D attention mask (the kernel takes padding masks only)"
+        if why is None and mods.any:
+            why = f"{', '.join(mods.reasons)} (the kernel cannot apply it)"
         if attention_mask is None and kwargs.get("cu_seq_lens_q") is None:
             _packed_from_position_ids(query, key, kwargs)
         packed = kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None
-        needs_varlen = packed or (attention_mask is not None and not bool(attention_mask.all()))
+        needs_varlen = packed or (attention_mask is not None and attention_mask.dim() == 2
+                                  and not bool(attention_mask.all()))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
         if why is not None:
             once(f"{label}:{why}", f"{label}: {why}")
-            if packed:
-                raise NotImplementedError(f"{label}: packed sequences need the kernel's varlen path ({why})")
-            pad = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-            out = masked_attention(query, key, value, scale=scale, causal=is_causal, window=window,
-                                   softcap=softcap or 0.0, key_padding=pad)
+            out = floor_attention(query, key, value, attention_mask, kwargs if packed else None, scale=scale,
+                                  causal=is_causal, window=window, softcap=softcap or 0.0, mods=mods)
             return out.transpose(1, 2).contiguous(), None
         if packed:
             out = _packed(kernel, query, key, value, kwargs, scale, is_causal, window, softcap)
@@ -118,6 +133,28 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
     return attention, sdpa_like, "flash"
 
 
+def _block_table_call(label, kernel, query, key, value, kwargs, scale, causal, window, softcap, mods):
+    """The decode fast path of continuous batching (transformers turns it on for flash-named kernels with
+    ``flash_attn_with_kvcache`` on CUDA/XPU): one new token per sequence, appended to the paged cache by the kernel
+    call itself, as transformers' own flash path does. (B=1, total, H, D) out."""
+    fn = kernel.kvcache
+    if fn is None or mods.any:
+        why = "the kernel has no flash_attn_with_kvcache" if fn is None else ", ".join(mods.reasons)
+        raise UnknownAttentionArguments(f"{label}: continuous batching's block-table decode path needs the kernel "
+                                        f"to append to the paged cache, but {why}")
+    n = query.shape[2]
+    q = query[0].transpose(0, 1).reshape(n, 1, query.shape[1], -1)
+    k = key[0].transpose(0, 1).reshape(n, 1, key.shape[1], -1)
+    v = value[0].transpose(0, 1).reshape(n, 1, value.shape[1], -1)
+    cu_k = kwargs["cu_seq_lens_k"]
+    cache_seqlens = (cu_k[1:n + 1] - cu_k[:n] - 1).to(torch.int32)
+    out = fn(q, kwargs["k_cache"], kwargs["v_cache"], k=k, v=v, cache_seqlens=cache_seqlens,
+             block_table=kwargs["block_table"].to(torch.int32), softmax_scale=scale, causal=causal,
+             window_size=window, softcap=softcap or 0.0)
+    out = out[0] if isinstance(out, tuple) else out
+    return out.reshape(1, n, query.shape[1], -1)
+
+
 def _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap):
     out = kernel.varlen(q, k, v, cu_q, cu_k, int(max_q), int(max_k), softmax_scale=scale, causal=causal,
                         window_size=window, softcap=softcap or 0.0)
@@ -129,14 +166,17 @@ def _packed(kernel, query, key, value, kwargs, scale, causal, window, softcap):
     b, hq, sq, d = query.shape
     if b != 1:
         raise ValueError(f"packed sequences (cu_seq_lens_q) need batch size 1, got {b}")
-    q = query[0].transpose(0, 1).contiguous()  # (total, H, D)
-    k = key[0].transpose(0, 1).contiguous()
-    v = value[0].transpose(0, 1).contiguous()
     cu_q = kwargs["cu_seq_lens_q"].to(torch.int32)
     cu_k = kwargs["cu_seq_lens_k"].to(torch.int32)
+    n_q, n_k = int(cu_q[-1]), int(cu_k[-1])  # tokens past the last boundary are padding (static shapes)
+    q = query[0, :, :n_q].transpose(0, 1).contiguous()  # (total, H, D)
+    k = key[0, :, :n_k].transpose(0, 1).contiguous()
+    v = value[0, :, :n_k].transpose(0, 1).contiguous()
     max_q = kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max())
     max_k = kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max())
     out = _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap)
+    if n_q < sq:
+        out = torch.cat([out, out.new_zeros(sq - n_q, *out.shape[1:])])
     return out.unsqueeze(0)  # (1, total, H, D)
 
 

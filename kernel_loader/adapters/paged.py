@@ -7,11 +7,13 @@ from types import ModuleType
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import KernelUnavailable
+from .call import UnknownAttentionArguments, is_paged_cache, normalize_paged, score_modifiers
 from .capabilities import Capabilities
 from .notes import once
-from .sdpa import sdpa_attention, torch_sdpa
+from .sdpa import floor_attention, sdpa_attention, torch_sdpa
 
 
 PAGED_API = ("paged_attention_varlen", "reshape_and_cache_flash")
@@ -51,31 +53,53 @@ def adapt_paged(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Cal
 
     def attention(module_, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
                   softcap=None, cache=None, **kwargs):
-        kw = dict(kwargs, scaling=scaling, dropout=dropout, cache=cache)
-        if sliding_window is not None:
-            kw["sliding_window"] = sliding_window
-        if softcap is not None:
-            kw["softcap"] = softcap
-        if cache is None or not hasattr(cache, "layer_to_allocator") or "write_index" not in kwargs:
+        batching = cache is not None or "cu_seq_lens_k" in kwargs or "write_index" in kwargs
+        if not batching:  # a plain forward: registered with the sdpa mask format, transformers' sdpa honours it
+            kw = dict(kwargs, scaling=scaling, dropout=dropout)
+            if sliding_window is not None:
+                kw["sliding_window"] = sliding_window
+            if softcap is not None:
+                kw["softcap"] = softcap
             return fallback("no paged cache (continuous batching) in this call", module_, query, key, value,
                             attention_mask, **kw)
-        allocator = cache.layer_to_allocator[module_.layer_idx]
+        kwargs.pop("is_causal", None)  # continuous batching is causal; the paged kernel is bottom-right causal
+        mods = score_modifiers(label, module_, kwargs)
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         why = None
-        if not getattr(allocator, "supports_block_table", False):
-            why = f"cache group {getattr(allocator, 'layer_type', '?')} is not paged by whole blocks"
-        elif query.device.type != device_type or query.dtype not in dtypes or key.dtype != query.dtype:
+        if query.device.type != device_type or query.dtype not in dtypes or key.dtype != query.dtype:
             why = f"tensors {query.dtype} on {query.device.type}"
-        elif kwargs.get("block_table") is not None:
-            why = "transformers' block-table fast path (flash_attn_with_kvcache) is not this kernel's entry"
         elif dropout and getattr(module_, "training", False):
             why = "attention dropout in training"
+        elif mods.any:
+            why = f"{', '.join(mods.reasons)} (the kernel cannot apply it)"
+        if why is None and is_paged_cache(cache):
+            # transformers 5.22/5.23: the cache arrives unwritten; the kernel writes the new tokens into its pages
+            allocator = cache.layer_to_allocator[module_.layer_idx]
+            if not getattr(allocator, "supports_block_table", False):
+                why = f"cache group {getattr(allocator, 'layer_type', '?')} is not paged by whole blocks"
+            elif kwargs.get("block_table") is not None:
+                why = "transformers' block-table fast path (flash_attn_with_kvcache) is not this kernel's entry"
+            else:
+                out = _paged_call(module, allocator, module_, query, key, value, scaling, sliding_window, softcap,
+                                  kwargs)
+                if out is not None:
+                    return out, None
+                why = "slot indices that are not whole pages in order"
+        if cache is not None:
+            kwargs["cache"] = cache
+        # the cache is written by transformers (here for 5.22/5.23, by the layer since 5.24); key/value are then
+        # past + new per sequence, cu_seq_lens_k this layer's
+        key, value = normalize_paged(label, module_, key, value, kwargs)
+        if kwargs.get("block_table") is not None:
+            raise UnknownAttentionArguments(f"{label}: continuous batching's block-table decode path without a "
+                                            "cache object is not an entry of this kernel")
+        window_left = sliding_window - 1 if sliding_window else -1
         if why is None:
-            out = _paged_call(module, allocator, module_, query, key, value, scaling, sliding_window, softcap,
-                              kwargs)
-            if out is not None:
-                return out, None
-            why = "slot indices that are not whole pages in order"
-        return fallback(why, module_, query, key, value, attention_mask, **kw)
+            return _gathered_call(module, query, key, value, kwargs, scale, window_left, softcap), None
+        once(f"{label}:paged:{why}", f"{label}: {why}")
+        out = floor_attention(query, key, value, None, kwargs, scale=scale, causal=True, window=(window_left, 0),
+                              softcap=float(softcap or 0.0), mods=mods)
+        return out.transpose(1, 2).contiguous(), None
 
     def sdpa_like(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         once(f"{label}:sdpa", f"{label}: a paged kernel has no contiguous-cache entry")
@@ -84,6 +108,43 @@ def adapt_paged(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Cal
     attention.__name__ = attention.__qualname__ = f"kernel_loader_paged_attention[{label}]"
     sdpa_like.__name__ = sdpa_like.__qualname__ = f"kernel_loader_sdpa[{label}]"
     return attention, sdpa_like, "sdpa"
+
+
+def _gathered_call(kernel, query, key, value, kwargs, scale, window_left, softcap):
+    """Continuous batching after transformers wrote the paged cache (``cache.update``): key/value hold each
+    sequence's past + new tokens back to back (``cu_seq_lens_k``). They are laid into pages of ``GATHERED_PAGE``
+    tokens, one run of pages per sequence, and the kernel's varlen entry attends over them (decode steps go to its
+    decode kernel). (1, total_q, Hq, D) out."""
+    cu_q = kwargs["cu_seq_lens_q"].to(torch.int32)
+    cu_k = kwargs["cu_seq_lens_k"].to(torch.int32)
+    n_q = int(cu_q[-1])
+    lens = cu_k.diff().long()
+    page = GATHERED_PAGE
+    pages_per_seq = (lens + page - 1) // page
+    first_page = F.pad(torch.cumsum(pages_per_seq, 0), (1, 0))
+    total_pages = max(int(first_page[-1]), 1)
+    n = lens.numel()
+    seg = torch.repeat_interleave(torch.arange(n, device=lens.device), lens)
+    pos = torch.arange(int(lens.sum()), device=lens.device) - cu_k[:-1].long()[seg]
+    slot = first_page[:-1][seg] * page + pos
+    hk, d = key.shape[1], key.shape[3]
+    k_pages = key.new_zeros(total_pages * page, hk, d)
+    v_pages = value.new_zeros(total_pages * page, hk, value.shape[3])
+    k_pages[slot.to(key.device)] = key[0, :, :int(cu_k[-1])].transpose(0, 1)
+    v_pages[slot.to(key.device)] = value[0, :, :int(cu_k[-1])].transpose(0, 1)
+    max_pages = max(int(pages_per_seq.max()) if n else 1, 1)
+    tables = first_page[:-1, None] + torch.arange(max_pages, device=lens.device)[None]
+    tables = torch.minimum(tables, torch.tensor(total_pages - 1)).to(torch.int32)
+    q = query[0].transpose(0, 1)[:n_q].contiguous()
+    out = torch.zeros(query.shape[2], query.shape[1], query.shape[3], dtype=query.dtype, device=query.device)
+    kernel.paged_attention_varlen(out[:n_q], q, k_pages.view(total_pages, page, hk, d),
+                                  v_pages.view(total_pages, page, hk, -1), cu_q, lens.to(torch.int32).to(q.device),
+                                  tables.to(q.device), scale, causal=True, window_left=window_left,
+                                  softcap=float(softcap or 0.0))
+    return out.unsqueeze(0)
+
+
+GATHERED_PAGE = 16
 
 
 def _per_layer(value, allocator):

@@ -1,4 +1,5 @@
-"""``kernel-loader doctor``: torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust."""
+"""``kernel-loader doctor``: torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust, and whether
+``kernel_loader.enable()`` can hook the installed transformers (decided by its seams)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def run(args) -> int:
             info[mod] = version(mod)
         except Exception:
             info[mod] = "not installed"
+    info["transformers_hook"] = _hook_state(args.json)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
     else:
@@ -46,3 +48,15 @@ def run(args) -> int:
         for k, v in info.items():
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _hook_state(as_json: bool):
+    from ..integrations.transformers_seams import status
+
+    state = status(enabled=False)
+    if as_json:
+        return state.as_dict()
+    if state.transformers is None:
+        return "unavailable: transformers is not installed"
+    head = "available" if state.installable else "unavailable"
+    return f"{head} on transformers {state.transformers}: {state.reason}"

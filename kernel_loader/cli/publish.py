@@ -52,4 +52,6 @@ def run(args) -> int:
     result = target.execute(plan)
     state = "committed" if result.changed else "unchanged (same files)"
     print(f"{result.repo_id} {result.branch} {state}: {result.commit[:12]}  variants: {', '.join(result.variants)}")
+    if result.pinned_branch:
+        print(f"{result.repo_id} {result.pinned_branch}: the same files (the branch transformers pins for this repo)")
     return 0

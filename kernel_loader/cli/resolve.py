@@ -21,9 +21,12 @@ def run(args) -> int:
     from ..resolve import resolve
     from ..spec import parse_spec
     from ..system import detect
+    from ..trust import check_trust
 
     spec = parse_spec(args.spec, version=args.version)
     try:
+        # Even a dry resolve reads the publisher's listings and (on a GPU) metadata.json: trust first.
+        check_trust(spec, offline=hub_offline())
         res = resolve(spec, detect())
     except KernelUnavailable as e:
         if args.json:

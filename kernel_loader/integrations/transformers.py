@@ -70,14 +70,19 @@ containing "flash" (``ContinuousBatchingManager.switch_to_cb_friendly_attn`` rai
 that one method: when the model's implementation is a paged kernel loaded through this hook, it is kept as is (its
 attention updates the paged cache itself, see ``adapters.adapt_paged``); anything else goes to transformers' method.
 
-Version policy: the hook is written against 5.22.x and 5.23.x (checked: identical code paths). ``enable()`` raises
-:class:`UnsupportedTransformersVersion` for any other version unless ``force=True``; with ``force`` it warns and
-installs if the hooked function still exists with the expected parameters.
+Version policy: by contract, not version number (:mod:`.transformers_seams`). The hook installs on every release
+>= 5.22 whose required seams exist (the function above with its ``attn_implementation`` parameter, and
+``_lazy_imports`` reaching it by name); a release newer than the tested window (``TESTED_TRANSFORMERS``) gets it
+with one warning naming the window; a missing seam (or a release before 5.22) leaves transformers unhooked with one
+warning naming it, or raises :class:`UnsupportedTransformersVersion` when strict.
+``enable()`` also wraps ``PreTrainedModel._check_and_adjust_attn_implementation`` (a model that declares no flash
+support gets sdpa with the reason instead of a flash-format kernel, and never 5.24's ValueError) and
+``set_attn_implementation`` (hub-kernel strings inside a sub-config dict are loaded first). The per-release
+contracts are in TRANSFORMERS.md.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 import types
 import warnings
@@ -88,17 +93,16 @@ from typing import Any
 from .. import registry
 from ..adapters import is_paged_module
 from ..api import LoadedKernel, load
+from ..errors import KernelFallbackWarning
+from ..fallback import is_strict
 from ..spec import PAGED_PREFIX
+from . import transformers_seams as seams
+from .transformers_seams import TESTED_TRANSFORMERS, UnsupportedTransformersVersion  # noqa: F401
 
-SUPPORTED_VERSIONS: tuple[tuple[int, int], ...] = ((5, 22), (5, 23))
 MASK_FORMATS = ("flash", "sdpa")
 
 # Seam for the loader: None means kernel_loader.api.load.
 _loader: Callable[..., Any] | None = None
-
-
-class UnsupportedTransformersVersion(RuntimeError):
-    """transformers is outside the versions this hook was written and tested for."""
 
 
 @dataclass
@@ -112,6 +116,7 @@ class _HookState:
 
 _state: _HookState | None = None
 _lock = threading.RLock()
+_warned_versions: set[str] = set()
 _MISSING = object()
 # The one undo list: name -> (what AttentionInterface, AttentionMaskInterface held before our first write).
 _previous: dict[str, tuple[Any, Any]] = {}
@@ -176,8 +181,8 @@ def enable(*, strict: bool | None = None, force: bool = False) -> None:
     """Make hub-kernel ``attn_implementation`` strings load through kernel_loader. Idempotent (a repeat call only
     updates ``strict``).
 
-    ``strict`` is passed to ``kernel_loader.load`` (None: ``KERNEL_LOADER_STRICT`` decides). ``force`` installs the
-    hook on a transformers version outside :data:`SUPPORTED_VERSIONS` (with a warning) instead of raising.
+    ``strict`` is passed to ``kernel_loader.load`` (None: ``KERNEL_LOADER_STRICT`` decides). ``force`` is accepted
+    for compatibility and changes nothing: whether the hook installs is decided by the seams (module docstring).
     """
     global _state
     with _lock:
@@ -185,24 +190,29 @@ def enable(*, strict: bool | None = None, force: bool = False) -> None:
             _state.strict = strict
             return
         try:
-            import transformers
             from transformers.integrations import hub_kernels
         except ImportError as e:
             raise ImportError(
-                "kernel_loader.enable() needs transformers 5.22.x or 5.23.x: pip install 'transformers>=5.22,<5.24'"
+                f"kernel_loader.enable() needs transformers >= 5.22 (tested: {seams.tested_window()}): "
+                "pip install 'transformers>=5.22'"
             ) from e
-        version = transformers.__version__
-        _check_version(version, force)
-        original = getattr(hub_kernels, "load_and_register_attn_kernel", None)
-        if original is None or "attn_implementation" not in inspect.signature(original).parameters:
-            raise UnsupportedTransformersVersion(
-                f"transformers {version}: transformers.integrations.hub_kernels.load_and_register_attn_kernel"
-                "(attn_implementation, ...) not found; kernel_loader cannot hook this version"
-            )
+        try:
+            version, newer = seams.check_installable()
+        except UnsupportedTransformersVersion as e:
+            if is_strict(strict):
+                raise
+            # Not hooked: hub-kernel strings get transformers' own behaviour; say so once, in one line.
+            warnings.warn(f"kernel_loader: transformers hook not installed: {e}", KernelFallbackWarning, stacklevel=3)
+            return
+        if newer and newer not in _warned_versions:
+            _warned_versions.add(newer)
+            warnings.warn(newer, UserWarning, stacklevel=3)
+        original = hub_kernels.load_and_register_attn_kernel
         _state = _HookState(hub_kernels=hub_kernels, original=original, version=version, strict=strict)
         hub_kernels.load_and_register_attn_kernel = _load_and_register
         _clear_stale_native_marker()
         _hook_continuous_batching(install=True)
+        seams.install(is_kernel=hub_kernels.is_kernel, ensure_loaded=_ensure_loaded)
 
 
 def disable() -> None:
@@ -214,6 +224,7 @@ def disable() -> None:
         if state is not None:
             state.hub_kernels.load_and_register_attn_kernel = state.original
             _hook_continuous_batching(install=False)
+            seams.uninstall()
         if not _previous:
             return
         attn_if, mask_if = _interfaces()
@@ -237,17 +248,20 @@ def loaded_kernels() -> dict[str, Any]:
         return dict(_state.loaded) if _state is not None else {}
 
 
-def _check_version(version: str, force: bool) -> None:
-    from packaging.version import Version
+def status():
+    """The hook's state for the installed transformers (``kernel-loader doctor``)."""
+    return seams.status(enabled=is_enabled())
 
-    release = Version(version).release[:2]
-    if release in SUPPORTED_VERSIONS:
-        return
-    supported = ", ".join(f"{a}.{b}.x" for a, b in SUPPORTED_VERSIONS)
-    message = f"kernel_loader's transformers hook supports transformers {supported}; found {version}"
-    if not force:
-        raise UnsupportedTransformersVersion(message + " (pass force=True to try anyway)")
-    warnings.warn(message + "; installing anyway because force=True", RuntimeWarning, stacklevel=3)
+
+def _ensure_loaded(attn_implementation: str):
+    """Load and register ``attn_implementation`` through the hook (as transformers would) and return its
+    LoadedKernel; used by the model-side wrappers in transformers_seams."""
+    with _lock:
+        state = _state
+        if state is not None and attn_implementation in state.loaded:
+            return state.loaded[attn_implementation]
+    _load_and_register(attn_implementation)
+    return _state.loaded[attn_implementation]
 
 
 def _load_and_register(

@@ -45,7 +45,7 @@ def local_variants(kernel_dir: Path) -> dict[str, tuple[int, dict]]:
 
 def hub_variants(repo_id: str, revision: str, *, endpoint: str | None = None) -> dict[str, tuple[int, dict]]:
     """variant -> (size of its files, metadata.json) on branch ``revision`` of a Hub kernel repo."""
-    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub import HfApi
     from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
     api = HfApi(endpoint=endpoint)
@@ -60,14 +60,31 @@ def hub_variants(repo_id: str, revision: str, *, endpoint: str | None = None) ->
         if len(parts) >= 3 and hasattr(e, "size"):
             sizes[parts[1]] = sizes.get(parts[1], 0) + int(e.size or 0)
     out = {}
+    metas = {e.path.split("/")[1]: e for e in entries
+             if e.path.count("/") == 2 and e.path.endswith("/metadata.json") and hasattr(e, "blob_id")}
     for variant, size in sorted(sizes.items()):
-        try:
-            path = hf_hub_download(repo_id, f"build/{variant}/metadata.json", repo_type="kernel", revision=revision,
-                                   endpoint=endpoint)
-            out[variant] = (size, json.loads(Path(path).read_text()))
-        except (EntryNotFoundError, ValueError):
-            out[variant] = (size, {})
+        out[variant] = (size, _hub_metadata(api, repo_id, revision, metas.get(variant)))
     return out
+
+
+def _hub_metadata(api, repo_id: str, revision: str, entry) -> dict:
+    """A variant's metadata.json read into memory only: its size (from the listing) bounded, its bytes checked
+    against the listed blob id; no file is written (huggingface_hub would name the cache file by the ETag)."""
+    from urllib.parse import quote
+
+    from .. import hubio
+    from ..containment import check_hex_id
+    from ..integrity import MAX_METADATA_BYTES
+
+    if entry is None or not isinstance(entry.size, int) or entry.size > MAX_METADATA_BYTES:
+        return {}
+    lfs = entry.lfs is not None
+    try:
+        blob = check_hex_id(entry.lfs["sha256"] if lfs else entry.blob_id, what=f"{repo_id} {entry.path}")
+        url = f"{api.endpoint}/kernels/{repo_id}/resolve/{quote(revision, safe='')}/{quote(entry.path)}"
+        return json.loads(hubio.fetch_bytes(url, size=entry.size, blob_id=blob, lfs=lfs, what=f"{repo_id}@{revision}"))
+    except (ValueError, hubio.HubStatus, hubio.HubUnreachable):
+        return {}
 
 
 def status(entries: list[MatrixEntry], kernels: list[KernelInfo], *,

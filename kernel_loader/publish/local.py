@@ -128,14 +128,63 @@ class LocalGitTarget:
             git("update-index", "--index-info", input=("\n".join(entries) + "\n").encode())
             tree = git.out("write-tree")
             if old is not None and tree == git.out("rev-parse", f"{old}^{{tree}}"):
-                return PublishResult(plan.repo_id, plan.branch, old, list(plan.variants), self.path, changed=False)
+                return PublishResult(plan.repo_id, plan.branch, old, list(plan.variants), self.path, changed=False,
+                                     pinned_branch=_pin_for_transformers(git, plan.repo_id, plan.branch, old))
             commit = git.out("commit-tree", "--no-gpg-sign", tree, "-p", parent, "-m", plan.message)
             # Compare-and-swap: fails if someone else moved the branch since we read it.
             res = git("update-ref", f"refs/heads/{plan.branch}", commit, old or "0" * 40, check=False)
             if res.returncode != 0:
                 raise RuntimeError(f"branch {plan.branch} of {plan.repo_id} changed during publish (concurrent "
                                    f"publish?); retry. git: {res.stderr.decode(errors='replace').strip()}")
-        return PublishResult(plan.repo_id, plan.branch, commit, list(plan.variants), self.path, changed=True)
+            pinned = _pin_for_transformers(git, plan.repo_id, plan.branch, commit)
+        return PublishResult(plan.repo_id, plan.branch, commit, list(plan.variants), self.path, changed=True,
+                             pinned_branch=pinned)
+
+
+PIN_MARK = "kernel_loader: transformers pin"
+
+
+def transformers_pinned_branch(repo_id: str) -> str | None:
+    """The ``vN`` branch stock transformers loads for ``repo_id`` given without a revision, for the repos it pins
+    (``FLASH_ATTN_KERNEL_VERSIONS`` / ``get_attn_kernel_version`` of the installed transformers: v4 for
+    kernels-community/flash-attn2 on torch >= 2.10), else None."""
+    try:
+        from transformers.integrations import hub_kernels
+    except Exception:  # not installed: nothing to pin
+        return None
+    pins = getattr(hub_kernels, "FLASH_ATTN_KERNEL_VERSIONS", {})
+    if repo_id not in pins or not callable(getattr(hub_kernels, "get_attn_kernel_version", None)):
+        return None  # transformers has no pin for this repo (it would ask for v1, its default)
+    try:
+        n = int(hub_kernels.get_attn_kernel_version(repo_id))
+    except (TypeError, ValueError):
+        return None
+    return f"v{n}" if n >= 1 else None
+
+
+def _pin_for_transformers(git: Git, repo_id: str, branch: str, commit: str) -> str | None:
+    """Point the branch transformers pins for ``repo_id`` at the files of ``commit`` (a commit of its own on top,
+    marked, so a later publish of ``branch`` moves it again). A pinned branch that is a real release (not made
+    here) is never touched. Returns the pinned branch when it now holds these files."""
+    pinned = transformers_pinned_branch(repo_id)
+    if pinned is None or pinned == branch:
+        return None
+    ref = f"refs/heads/{pinned}"
+    tree = git.out("rev-parse", f"{commit}^{{tree}}")
+    old = git.ref(ref)
+    if old is not None:
+        if not git.out("log", "-1", "--format=%B", old).startswith(PIN_MARK):
+            return None
+        if git.out("rev-parse", f"{old}^{{tree}}") == tree:
+            return pinned
+    message = (f"{PIN_MARK}: {pinned} of {repo_id} holds the files of {branch} ({commit[:12]}); stock transformers "
+               f"asks for {pinned} when given {repo_id} without a revision")
+    new = git.out("commit-tree", "--no-gpg-sign", tree, "-p", commit, "-m", message)
+    res = git("update-ref", ref, new, old or "0" * 40, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"{ref} of {repo_id} changed during publish; retry. git: "
+                           f"{res.stderr.decode(errors='replace').strip()}")
+    return pinned
 
 
 def _commit_files(git: Git, ref: str, files: dict, message: str) -> str:

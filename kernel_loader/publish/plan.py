@@ -45,6 +45,7 @@ class PublishResult:
     variants: list[str]
     repo_path: Path
     changed: bool  # False when the branch already held exactly these files (no new commit)
+    pinned_branch: str | None = None  # the branch stock transformers asks for, made to hold these files too
 
 
 # ---------------------------------------------------------------------------------------------- API record
