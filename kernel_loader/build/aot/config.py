@@ -1,0 +1,60 @@
+"""``aot.toml``: which kernels of a repo are compiled ahead of time, for which archs, with which tiles."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+from ..config import BuildConfigError
+
+AOT_FILE = "aot.toml"
+_KEYS = {"spec", "tiles", "archs", "exclude"}
+_ARCH = re.compile(r"^\d+\.\d+$")
+
+
+@dataclass(frozen=True)
+class AotConfig:
+    kernel_dir: Path
+    spec: Path  # absolute
+    tiles: Path  # absolute
+    archs: tuple[str, ...]  # "8.0", "9.0", ...
+    exclude: tuple[str, ...] = ()  # package-relative files kept out of AOT variants
+
+    @property
+    def files(self) -> list[Path]:
+        """Everything the cubins depend on besides the kernel package (hashed into the cubin cache key)."""
+        return [self.kernel_dir / AOT_FILE, self.spec, self.tiles]
+
+
+def load_aot_config(kernel_dir: Path) -> AotConfig | None:
+    """The repo's aot.toml, validated; None when the repo has none (its CUDA variants are nvcc builds)."""
+    kernel_dir = Path(kernel_dir).resolve()
+    path = kernel_dir / AOT_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise BuildConfigError(f"{path}: not valid TOML ({e})") from None
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise BuildConfigError(f"{path}: unknown keys {unknown}; valid: {sorted(_KEYS)}")
+    for key in ("spec", "tiles", "archs"):
+        if key not in data:
+            raise BuildConfigError(f"{path}: missing {key!r}")
+    archs = tuple(data["archs"])
+    bad = [a for a in archs if not isinstance(a, str) or not _ARCH.match(a)]
+    if bad or not archs:
+        raise BuildConfigError(f"{path}: archs must be a non-empty list like [\"8.0\", \"9.0\"], got {data['archs']!r}")
+    spec, tiles = kernel_dir / data["spec"], kernel_dir / data["tiles"]
+    for name, p in (("spec", spec), ("tiles", tiles)):
+        if not p.is_file():
+            raise BuildConfigError(f"{path}: {name} = {data[name]!r} does not exist")
+    return AotConfig(kernel_dir=kernel_dir, spec=spec, tiles=tiles, archs=archs,
+                     exclude=tuple(data.get("exclude", ())))
