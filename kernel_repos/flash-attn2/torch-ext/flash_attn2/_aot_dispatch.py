@@ -70,14 +70,28 @@ def _fwd_scale(scale: float, softcap: float) -> float:
     return scale / softcap if softcap else scale * LOG2E
 
 
+def fwd_mode(varlen: bool, seqused_k: bool, paged: bool) -> str:
+    return "varlen" if varlen else ("paged" if paged else ("kvcache" if seqused_k else "dense"))
+
+
+def fwd_config(q, mode: str, softcap: float) -> str:
+    """The configuration key of a forward call (what the cubin table must hold for it)."""
+    return keys.fwd_key(mode, q.shape[-1], _DT[q.dtype], softcap > 0)
+
+
+def bwd_configs(q, varlen: bool, softcap: float) -> tuple:
+    """The keys of the three backward kernels of a call: delta, dK/dV, dQ."""
+    mode, d, dt, cap = ("varlen" if varlen else "dense"), q.shape[-1], _DT[q.dtype], softcap > 0
+    return (keys.bwd_key("delta", mode, d, dt, False), keys.bwd_key("dkdv", mode, d, dt, cap),
+            keys.bwd_key("dq", mode, d, dt, cap))
+
+
 def forward(tbl, q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, max_q=None, max_k=None,
             seqused_k=None, block_table=None):
     """-> out (like q), lse float32: dense (B, H, Sq), varlen (H, total_q). Same layouts as _triton_launch."""
     varlen = cu_q is not None
     paged = block_table is not None
-    mode = "varlen" if varlen else ("paged" if paged else ("kvcache" if seqused_k is not None else "dense"))
-    d = q.shape[-1]
-    entry = tbl.entry(keys.fwd_key(mode, d, _DT[q.dtype], softcap > 0), q.device)
+    entry = tbl.entry(fwd_config(q, fwd_mode(varlen, seqused_k is not None, paged), softcap), q.device)
     q, k, v = _fit(q), _fit(k), _fit(v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     dummy = _dummy(q.device)
@@ -125,11 +139,7 @@ def backward(tbl, dout, q, k, v, out, lse, *, scale, causal, window, softcap, cu
              max_k=None, dlse=None):
     """-> dq, dk, dv (like q, k, v); the contract of _triton_launch.backward."""
     varlen = cu_q is not None
-    mode = "varlen" if varlen else "dense"
-    d, dt, cap = q.shape[-1], _DT[q.dtype], softcap > 0
-    e_delta = tbl.entry(keys.bwd_key("delta", mode, d, dt, False), q.device)
-    e_dkdv = tbl.entry(keys.bwd_key("dkdv", mode, d, dt, cap), q.device)
-    e_dq = tbl.entry(keys.bwd_key("dq", mode, d, dt, cap), q.device)
+    e_delta, e_dkdv, e_dq = (tbl.entry(key, q.device) for key in bwd_configs(q, varlen, softcap))
     q, k, v, out, dout = _fit(q), _fit(k), _fit(v), _fit(out), _fit(dout)
     lse = lse.contiguous()
     alloc = torch.zeros_like if varlen else torch.empty_like  # varlen: packed rows after the last sequence stay 0
