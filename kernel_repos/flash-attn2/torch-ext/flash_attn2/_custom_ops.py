@@ -48,6 +48,12 @@ def triton_available() -> bool:
     return _triton_error is None and _triton_found
 
 
+def triton_shipped() -> bool:
+    """This variant carries the Triton kernels (AOT variants leave them out) and Triton is installed."""
+    import importlib.util
+    return triton_available() and importlib.util.find_spec(f"{__package__}._triton_launch") is not None
+
+
 def has_kernel(ops, name: str, key: str) -> bool:
     if ops is None:
         return False
@@ -114,9 +120,9 @@ def _triton():
 
 
 def _need_compiled_cpu(ops):
-    if ops is None:
-        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (noarch); CPU tensors are not "
-                           "supported by it")
+    if not has_kernel(ops, "fwd", "CPU"):
+        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (a GPU-only variant); CPU tensors "
+                           "are not supported by it")
 
 
 def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
