@@ -114,11 +114,26 @@ def _ptxas_cuda() -> str:
     return f"{m.group(1)}.{m.group(2)}" if m else "0.0"
 
 
+# Triton versions whose launch ABI the launcher matches: the kernel's non-constexpr parameters in order, then two
+# scratch pointers (global, profile); checked against third_party/nvidia/backend/driver.py of 3.6, 3.8 and 3.9.
+TRITON_RANGE = ((3, 3), (3, 10))
+
+
+def _check_triton(version: str) -> None:
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    low, high = TRITON_RANGE
+    if not (low <= parts < high):
+        raise SystemExit(f"Triton {version}: the AOT launcher matches the launch ABI of Triton "
+                         f"{low[0]}.{low[1]} to <{high[0]}.{high[1]} (trailing scratch pointers); use one of those")
+
+
 def main(request_path: str) -> int:
     req = json.loads(Path(request_path).read_text())
     import tomllib
 
     import triton
+
+    _check_triton(triton.__version__)
 
     tiles = tomllib.loads(Path(req["tiles"]).read_text())
     spec = _load_spec(req["spec"], req["package_dir"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ except ImportError:  # Python 3.10
 from ..config import BuildConfigError
 
 AOT_FILE = "aot.toml"
+ARCHS_ENV = "KERNEL_LOADER_AOT_ARCHS"  # comma list: build a subset of aot.toml's archs (quick development builds)
 _KEYS = {"spec", "tiles", "archs", "exclude"}
 _ARCH = re.compile(r"^\d+\.\d+$")
 
@@ -52,6 +54,13 @@ def load_aot_config(kernel_dir: Path) -> AotConfig | None:
     bad = [a for a in archs if not isinstance(a, str) or not _ARCH.match(a)]
     if bad or not archs:
         raise BuildConfigError(f"{path}: archs must be a non-empty list like [\"8.0\", \"9.0\"], got {data['archs']!r}")
+    subset = os.environ.get(ARCHS_ENV)
+    if subset:
+        wanted = tuple(a.strip() for a in subset.split(",") if a.strip())
+        unknown = [a for a in wanted if a not in archs]
+        if unknown or not wanted:
+            raise BuildConfigError(f"{ARCHS_ENV}={subset!r}: {unknown or 'empty'} not among {path}'s archs {list(archs)}")
+        archs = wanted
     spec, tiles = kernel_dir / data["spec"], kernel_dir / data["tiles"]
     for name, p in (("spec", spec), ("tiles", tiles)):
         if not p.is_file():
