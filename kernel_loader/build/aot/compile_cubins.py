@@ -2,7 +2,7 @@
 
     python -m kernel_loader.build.aot.compile_cubins REQUEST.json
 
-REQUEST: {"package_dir", "spec", "tiles", "archs", "out", "jobs"}. Writes ``out/images.bin`` (zlib-compressed
+REQUEST: {"package_dir", "spec", "tiles", "archs", "out", "jobs", optional "only": [[arch, key], ...]}. Writes ``out/images.bin`` (zlib-compressed
 cubins back to back) and ``out/table.json`` (see runtime.py), and prints one JSON summary line.
 
 The spec module (``spec`` in aot.toml) defines ``configurations(arch, tiles) -> list[dict]``, each dict:
@@ -64,6 +64,8 @@ def _capability(arch: str) -> int:
 
 def _compile_one(package_dir: str, arch: str, cfg: dict) -> dict:
     os.environ.setdefault("TRITON_DISABLE_LINE_INFO", "1")  # line tables double the cubin; no user needs them
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("TRITON_INTERPRET=1 is set: the interpreter cannot compile cubins; unset it")
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -127,6 +129,29 @@ def _check_triton(version: str) -> None:
                          f"{low[0]}.{low[1]} to <{high[0]}.{high[1]} (trailing scratch pointers); use one of those")
 
 
+def write_table(out: Path, results: list[dict], runs_on: dict) -> tuple[list[dict], int]:
+    """``out/images.bin`` (compressed cubins back to back) and ``out/table.json`` from compile results."""
+    import triton
+
+    out.mkdir(parents=True, exist_ok=True)
+    offset = 0
+    entries = []
+    with open(out / "images.bin", "wb") as f:
+        for r in results:
+            r = dict(r)
+            blob = r.pop("_cubin")
+            f.write(blob)
+            r["offset"], r["size"] = offset, len(blob)
+            offset += len(blob)
+            entries.append(r)
+    ptxas = _ptxas_cuda()
+    major = int(ptxas.split(".")[0])
+    table = {"format": 1, "triton": triton.__version__, "ptxas_cuda": ptxas, "driver_min": major * 1000,
+             "archs": runs_on, "entries": entries}
+    (out / "table.json").write_text(json.dumps(table, separators=(",", ":"), sort_keys=True) + "\n")
+    return entries, offset
+
+
 def main(request_path: str) -> int:
     req = json.loads(Path(request_path).read_text())
     import tomllib
@@ -143,6 +168,9 @@ def main(request_path: str) -> int:
         runs_on[arch] = list(spec.runs_on(arch)) if hasattr(spec, "runs_on") else [arch]
         for cfg in spec.configurations(arch, tiles):
             work.append((arch, cfg))
+    if req.get("only"):  # a subset of (arch, key) pairs: tests and quick experiments
+        only = {tuple(p) for p in req["only"]}
+        work = [(a, c) for a, c in work if (a, c["key"]) in only]
     keys = [(a, c["key"]) for a, c in work]
     if len(set(keys)) != len(keys):
         raise SystemExit("spec yields one configuration key twice for an arch")
@@ -155,22 +183,8 @@ def main(request_path: str) -> int:
             results = list(pool.map(_compile_one, [req["package_dir"]] * len(work), [a for a, _ in work],
                                     [c for _, c in work]))
     out = Path(req["out"])
-    out.mkdir(parents=True, exist_ok=True)
-    offset = 0
-    entries = []
-    with open(out / "images.bin", "wb") as f:
-        for r in results:
-            blob = r.pop("_cubin")
-            f.write(blob)
-            r["offset"], r["size"] = offset, len(blob)
-            offset += len(blob)
-            entries.append(r)
-    ptxas = _ptxas_cuda()
-    major = int(ptxas.split(".")[0])
-    table = {"format": 1, "triton": triton.__version__, "ptxas_cuda": ptxas, "driver_min": major * 1000,
-             "archs": runs_on, "entries": entries}
-    (out / "table.json").write_text(json.dumps(table, separators=(",", ":"), sort_keys=True) + "\n")
-    print(json.dumps({"cubins": len(entries), "bytes": offset, "seconds": round(time.monotonic() - t0, 1),
+    entries, size = write_table(out, results, runs_on)
+    print(json.dumps({"cubins": len(entries), "bytes": size, "seconds": round(time.monotonic() - t0, 1),
                       "triton": triton.__version__}))
     return 0
 

@@ -90,6 +90,7 @@ def build_cubins(config: BuildConfig, aot: AotConfig, *, python_candidates=(), j
     progress(f"  compiling cubins for sm_{', sm_'.join(a.replace('.', '') for a in aot.archs)} with Triton {version}")
     root = Path(__file__).resolve().parents[3]  # the checkout holding kernel_loader, for the worker's import
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)  # set by CPU test setups; the interpreter compiles nothing
     proc = subprocess.run([python, "-m", "kernel_loader.build.aot.compile_cubins", str(tmp / "request.json")],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
