@@ -280,6 +280,11 @@ def read_kernel(kernel_dir: Path) -> KernelInfo:
             check_capability(f"{path}: kernel.{section.name}.cuda-capabilities[{i}]", cap)
             if cap not in caps:
                 caps.append(cap)
+    from .build.aot import load_aot_config
+
+    aot = load_aot_config(kernel_dir)  # precompiled Triton kernels: the archs their cubins are built for
+    if aot is not None:
+        caps += [a for a in aot.archs if a not in caps]
     target = raw.get("torch", {}).get("stable-abi")
     if target is not None:
         _minor(f"{path}: torch.stable-abi", target)
