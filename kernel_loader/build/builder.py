@@ -10,6 +10,7 @@ folder -> rename into place. ``build_variants`` runs several with progress lines
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import shutil
@@ -80,13 +81,17 @@ def build_variant(
     log = progress or _stderr
     start = time.monotonic()
     config = load_build_config(Path(kernel_dir))
+    # A repo with aot.toml ships its CUDA kernels as precompiled Triton cubins + a stable-ABI launcher (see aot/);
+    # a [torch-noarch] (Triton-only) repo gets those variants besides its noarch ones, at aot.toml's stable-abi.
+    aot_repo = load_aot_config(config.kernel_dir) if "cuda" in config.backends else None
+    if aot_repo is not None and config.noarch and aot_repo.stable_abi:
+        config = dataclasses.replace(config, torch=dataclasses.replace(config.torch, stable_abi=aot_repo.stable_abi))
     target = parse_target(variant, config) if variant else default_target(config)
     explicit = _pythons(python)
     env = None
-    # A repo with aot.toml ships its CUDA kernels as precompiled Triton cubins + a stable-ABI launcher (see aot/).
-    aot_config = load_aot_config(config.kernel_dir) if target.compiled and target.backend == "cuda" else None
+    aot_config = aot_repo if target.compiled and target.backend == "cuda" else None
     if target.compiled:
-        if config.noarch:
+        if config.noarch and aot_config is None:
             raise BuildError(f"variant {target.variant}: {config.kernel_dir / 'build.toml'} is a [torch-noarch] "
                              f"kernel (nothing to compile); build torch-{target.backend} instead")
         env = find_env(config.kernel_dir, aot_accepts(target) if aot_config else target.accepts, target.needs(),

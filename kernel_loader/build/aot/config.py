@@ -16,7 +16,7 @@ from ..config import BuildConfigError
 
 AOT_FILE = "aot.toml"
 ARCHS_ENV = "KERNEL_LOADER_AOT_ARCHS"  # comma list: build a subset of aot.toml's archs (quick development builds)
-_KEYS = {"spec", "tiles", "archs", "exclude"}
+_KEYS = {"spec", "tiles", "archs", "exclude", "stable-abi"}
 _ARCH = re.compile(r"^\d+\.\d+$")
 
 
@@ -27,6 +27,7 @@ class AotConfig:
     tiles: Path  # absolute
     archs: tuple[str, ...]  # "8.0", "9.0", ...
     exclude: tuple[str, ...] = ()  # package-relative files kept out of AOT variants
+    stable_abi: str | None = None  # "2.10": for a [torch-noarch] repo, the stable ABI its AOT variants target
 
     @property
     def files(self) -> list[Path]:
@@ -65,5 +66,8 @@ def load_aot_config(kernel_dir: Path) -> AotConfig | None:
     for name, p in (("spec", spec), ("tiles", tiles)):
         if not p.is_file():
             raise BuildConfigError(f"{path}: {name} = {data[name]!r} does not exist")
+    stable = data.get("stable-abi")
+    if stable is not None and not re.match(r"^\d+\.\d+$", str(stable)):
+        raise BuildConfigError(f"{path}: stable-abi must be a torch version like \"2.10\", got {stable!r}")
     return AotConfig(kernel_dir=kernel_dir, spec=spec, tiles=tiles, archs=archs,
-                     exclude=tuple(data.get("exclude", ())))
+                     exclude=tuple(data.get("exclude", ())), stable_abi=stable)

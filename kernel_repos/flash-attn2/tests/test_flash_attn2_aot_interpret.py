@@ -3,9 +3,9 @@
 What the GPU runs is a cubin compiled from the same Triton kernel with one configuration's constexprs (aot/spec.py:
 both window edges on, run-time page size, ...) and launched with the arguments _aot_dispatch builds, by name,
 on the grid of the configuration's rule. Without a GPU, the one piece replaced here is the cubin launch: the
-table below runs the same kernel in the interpreter with exactly the spec's constexprs and grid rule, after
-checking every argument against the specialisations the cubin would assume (16-byte aligned pointers, strides
-that are multiples of 16, pointer dtypes). Everything else -- keys, strides, window widening, page size, lse
+table (kernel_loader.build.aot.interpret) runs the same kernel in the interpreter with exactly the spec's
+constexprs and grid rule, after checking every argument against the specialisations the cubin would assume
+(16-byte aligned pointers, strides that are multiples of 16, pointer dtypes). Everything else -- keys, strides, window widening, page size, lse
 layout, backward delta/dK/dV/dQ -- is the real code, compared with the float64 reference.
 
 Small interpreter tiles (32x16) replace the committed GPU tiles: tile sizes change no argument.
@@ -29,64 +29,14 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRI
 KERNEL_DIR = Path(__file__).resolve().parents[1]
 
 
-class InterpreterTable:
-    """The CubinTable interface (entry, launch) over the spec's configurations, launched in the interpreter."""
-
-    def __init__(self, package):
-        from kernel_loader.build.aot import load_aot_config
-        from kernel_loader.build.aot.compile_cubins import _load_spec
-
-        aot = load_aot_config(KERNEL_DIR)
-        spec = _load_spec(str(aot.spec), str(KERNEL_DIR / "torch-ext" / "flash_attn2"))
-        small = {"block_m": 32, "block_n": 16, "num_warps": 4, "num_stages": 1}
-        tiles = {k: {a: {f: dict(small) for f in ("small", "mid", "big", "all")} for a in aot.archs}
-                 for k in ("fwd", "bwd_delta", "bwd_dkdv", "bwd_dq")}
-        self.configs = {c["key"]: c for c in spec.configurations(aot.archs[0], tiles)}
-        self.package = package
-        self.launched = []
-
-    def entry(self, key, device):
-        return self.configs[key]
-
-    def launch(self, cfg, device_index, args):
-        module, name = cfg["kernel"].split(":")
-        fn = getattr(importlib.import_module(f"{self.package}.{module}"), name)
-        params = {}
-        for n in fn.arg_names:
-            ty = cfg["signature"][n]
-            if ty == "constexpr":
-                continue
-            value = args[n]
-            if ty.startswith("*"):
-                want = {"*fp16": torch.float16, "*bf16": torch.bfloat16, "*fp32": torch.float32,
-                        "*i32": torch.int32}[ty]
-                assert value.dtype == want, (cfg["key"], n, value.dtype, ty)
-                if n in cfg["divisible"]:
-                    assert value.data_ptr() % 16 == 0, (cfg["key"], n, "pointer not 16-byte aligned")
-            else:
-                assert isinstance(value, (int, float)), (cfg["key"], n, type(value))
-                if n in cfg["divisible"]:
-                    assert int(value) % 16 == 0, (cfg["key"], n, value, "assumed a multiple of 16")
-                if ty == "i32":
-                    assert -2**31 <= int(value) < 2**31, (cfg["key"], n, value)
-            params[n] = value
-        grid = []
-        for names, divisor in cfg["grid"]:
-            size = 1
-            for a in names:
-                size *= int(args[a])
-            if divisor is not None:
-                size = -(-size // cfg["constexprs"][divisor])
-            grid.append(size)
-        self.launched.append(cfg["key"])
-        fn[tuple(grid)](**params, **cfg["constexprs"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-
-
 @pytest.fixture
 def aot(flash_attn2, monkeypatch):
+    from kernel_loader.build.aot.interpret import InterpreterTable, small_tiles
+
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     dispatch = importlib.import_module(f"{flash_attn2.__name__}._aot_dispatch")
-    return dispatch, InterpreterTable(flash_attn2.__name__)
+    tiles = small_tiles(("fwd", "bwd_delta", "bwd_dkdv", "bwd_dq"), ("8.0", "9.0", "10.0"))
+    return dispatch, InterpreterTable(KERNEL_DIR, flash_attn2.__name__, tiles)
 
 
 def rel(a, b):
