@@ -23,6 +23,7 @@ table covers every configuration the dispatch can ask for, checks calls give cle
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import math
@@ -49,7 +50,8 @@ def log(msg: str = "") -> None:
 
 def load_variant(folder: Path):
     """Import a variant folder as a package under a unique name (what kernels does, without kernels)."""
-    name = "gpucheck_" + "".join(c if c.isalnum() else "_" for c in folder.name)
+    tag = hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]  # two kernels' variants share folder names
+    name = "gpucheck_" + "".join(c if c.isalnum() else "_" for c in folder.name) + "_" + tag
     if name in sys.modules:
         return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, folder / "__init__.py",
@@ -60,8 +62,8 @@ def load_variant(folder: Path):
     return mod
 
 
-def find_variants(root: Path) -> dict[str, Path]:
-    """{"aot:<variant>": folder, "jit": folder} for the flash-attn2 variants under root."""
+def find_variants(root: Path, name: str = "flash-attn2") -> dict[str, Path]:
+    """{"aot:<variant>": folder, "jit": folder} for the CUDA variants of kernel ``name`` under root."""
     found = {}
     for meta in sorted(root.rglob("metadata.json")):
         folder = meta.parent
@@ -69,7 +71,7 @@ def find_variants(root: Path) -> dict[str, Path]:
             data = json.loads(meta.read_text())
         except (OSError, ValueError):
             continue
-        if data.get("name") != "flash-attn2" or data.get("backend", {}).get("type") != "cuda":
+        if data.get("name") != name or data.get("backend", {}).get("type") != "cuda":
             continue
         if (folder / "cubins" / "table.json").is_file():
             found[f"aot:{folder.name}"] = folder
@@ -286,6 +288,34 @@ def correctness(fa, device, label, quick=False) -> list[dict]:
     return rows
 
 
+def sliding_window_correctness(sw, device, label) -> list[dict]:
+    """sliding-window prefill (precompiled or JIT) against the float64 reference."""
+    rows = []
+    for d, dt, (b, sq, sk, hq, hk), window, causal, cap in [
+            (64, torch.float16, (2, 300, 300, 8, 2), 64, True, 0.0),
+            (128, torch.bfloat16, (1, 513, 513, 4, 4), 128, True, 0.0),
+            (96, torch.bfloat16, (1, 200, 260, 4, 1), (50, 20), False, 30.0),
+            (256, torch.float16, (1, 130, 130, 2, 2), 33, True, 0.0),
+            (80, torch.bfloat16, (1, 100, 100, 2, 2), 17, True, 0.0)]:  # d80: no cubin, the torch path
+        torch.manual_seed(d + sq)
+        q = torch.randn(b, sq, hq, d, device=device, dtype=dt)
+        k = torch.randn(b, sk, hk, d, device=device, dtype=dt)
+        v = torch.randn(b, sk, hk, d, device=device, dtype=dt)
+        name = f"sw d{d} {str(dt).split('.')[-1]} window={window} causal={causal} cap={cap}"
+        try:
+            poison(device)
+            out = sw.sliding_window_attn_func(q, k, v, window_size=window, causal=causal, softcap=cap)
+            left, right = (window - 1, 0 if causal else window - 1) if isinstance(window, int) else window
+            ref, _ = ref_attention(q, k, v, d ** -0.5, causal, (left, right), cap)
+            err = max_err(out, ref)
+            ok, errs = err <= TOL_OUT[dt], {"out": err}
+        except Exception as e:
+            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
+        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    return rows
+
+
 # ---------------------------------------------------------------- timing, graphs, compile
 
 
@@ -432,7 +462,7 @@ def compiled(fa, device, label) -> dict:
 # ---------------------------------------------------------------- dry run (no GPU)
 
 
-def dry_run(variants: dict[str, Path]) -> list[dict]:
+def dry_run(variants: dict[str, Path], keys_module: str = "_aot_keys") -> list[dict]:
     rows = []
     for label, folder in variants.items():
         row = {"impl": label}
@@ -443,9 +473,9 @@ def dry_run(variants: dict[str, Path]) -> list[dict]:
             files = [p for p in folder.rglob("*.py")]
             row["imports_triton"] = sorted(p.name for p in files if "import triton" in p.read_text()
                                            or "from triton" in p.read_text())
-            if label.startswith("aot"):
+            if (folder / "cubins" / "table.json").is_file():
                 table = json.loads((folder / "cubins" / "table.json").read_text())
-                keys = importlib.import_module(fa.__name__ + "._aot_keys")
+                keys = importlib.import_module(fa.__name__ + "." + keys_module)
                 want = set(keys.all_keys())
                 have = {}
                 for e in table["entries"]:
@@ -455,7 +485,7 @@ def dry_run(variants: dict[str, Path]) -> list[dict]:
                 row["size_mb"] = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 2)
             q = torch.randn(1, 8, 2, 64)
             try:
-                fa.flash_attn_func(q.half(), q.half(), q.half())
+                fa.flash_attn_func(q.half(), q.half(), q.half()) if hasattr(fa, "flash_attn_func") else None
                 row["cpu_call"] = "ran"
             except Exception as e:  # the clean error this variant gives on a CPU-only machine
                 row["cpu_call"] = f"{type(e).__name__}: {str(e)[:160]}"
@@ -482,16 +512,19 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     variants = find_variants(args.variants)
-    log(f"gpu_check: torch {torch.__version__}, variants {sorted(variants)} under {args.variants}")
+    sw_variants = find_variants(args.variants, "sliding-window")
+    log(f"gpu_check: torch {torch.__version__}, flash-attn2 variants {sorted(variants)}, sliding-window variants "
+        f"{sorted(sw_variants)} under {args.variants}")
     result: dict = {"torch": torch.__version__, "variants": {k: str(v) for k, v in variants.items()}}
     gpu = torch.cuda.is_available() and not args.dry_run
     if not variants:
         log("no flash-attn2 CUDA variants found; build them first (see the README's GPU check section)")
     if not gpu:
         log("dry run: no GPU in use; skipping correctness, timing, first-call, CUDA graph and torch.compile checks")
-        result["dry_run"] = dry_run(variants)
+        result["dry_run"] = dry_run(variants) + dry_run({f"sliding-window {k}": v for k, v in sw_variants.items()},
+                                                         keys_module="_aot_keys")
         ok = all(r.get("imported") and not r.get("missing")
-                 and not (r["impl"].startswith("aot") and r.get("imports_triton")) for r in result["dry_run"])
+                 and not ("aot" in r["impl"] and r.get("imports_triton")) for r in result["dry_run"])
     else:
         device = torch.device("cuda")
         result["device"] = torch.cuda.get_device_name()
@@ -515,6 +548,14 @@ def main(argv=None) -> int:
 
         result["correctness"] = section("correctness", lambda: [
             r for label, fa in mods.items() for r in correctness(fa, device, label, quick=args.quick)])
+        sw_mods = {}
+        for label, folder in find_variants(args.variants, "sliding-window").items():
+            try:
+                sw_mods[f"sliding-window {label}"] = load_variant(folder)
+            except Exception:
+                log(f"import of sliding-window {label} failed:\n{traceback.format_exc()}")
+        result["correctness"] += section("sliding-window correctness", lambda: [
+            r for label, sw in sw_mods.items() for r in sliding_window_correctness(sw, device, label)])
         result["timing"] = section("host time per call", lambda: timings(mods, device))
         result["first_call"] = section("first call in a fresh process",
                                        lambda: [first_call(variants[label], label) for label in mods])

@@ -149,3 +149,25 @@ def _package_module(folder: Path, name: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def test_sliding_window_aot_variant(tmp_path):
+    """A [torch-noarch] repo with aot.toml: the stable-ABI variant is cubins + launcher, checked like flash-attn2's."""
+    from kernel_loader.build import build_variant
+    from kernel_loader.build.aot.resources import table_usage
+
+    python = _cuda_python()
+    assert python is not None
+    sw = FLASH_ATTN2_DIR.parent / "sliding-window"
+    r = build_variant(sw, out_dir=tmp_path, variant=VARIANTS[-1], python=python, progress=lambda _m: None)
+    keys = _package_module(r.path, "_aot_keys")
+    table = json.loads((r.path / "cubins" / "table.json").read_text())
+    assert {(e["arch"], e["key"]) for e in table["entries"]} == {(a, k) for a in ("8.0", "9.0", "10.0")
+                                                                 for k in keys.all_keys()}
+    problems = [p for u in table_usage(r.path / "cubins") for p in u.problems(table["archs"][u.arch])]
+    assert not problems, problems[:10]
+    info = json.loads((r.path / "build-info.json").read_text())
+    assert info["abi_check"]["ok"] and info["abi_check"]["policy"]["manylinux"] == "manylinux_2_28"
+    assert not (r.path / "_triton_impl.py").exists() and r.size_bytes < BUDGET
+    for py in r.path.rglob("*.py"):
+        assert not re.search(r"^\s*(import triton|from triton)", py.read_text(), re.M), py.name

@@ -13,6 +13,11 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 from kernel_loader.build.aot import compile_cubins, load_aot_config, resources, runtime  # noqa: E402
 from tiny_kernels import FLASH_ATTN2_DIR  # noqa: E402
 
@@ -48,7 +53,9 @@ def test_table_holds_launch_metadata_the_runtime_reads(built):
     assert table["driver_min"] >= 12000
     tbl = runtime.CubinTable(built, ops=None)
     fwd = tbl.entries[("9.0", "fwd/paged/d64/bf16/softcap")]
-    assert fwd.name == "attn_fwd_kernel" and fwd.num_warps == 4 and fwd.shared > 0
+    tile = tomllib.loads(AOT.tiles.read_text())["fwd"]["9.0"]["small"]  # the committed tile table is what ships
+    assert fwd.name == "attn_fwd_kernel" and fwd.num_warps == tile["num_warps"] and fwd.shared > 0
+    assert (fwd.constexprs["BLOCK_M"], fwd.constexprs["BLOCK_N"]) == (tile["block_m"], tile["block_n"])
     tokens = dict(fwd.params)
     # pointers carry their dtype and the alignment the cubin assumed; lse strides and lengths assume nothing
     assert tokens["Q"] == "*bf16:16" and tokens["LSE"] == "*fp32:16" and tokens["BLOCK_TABLE"] == "*i32:16"

@@ -142,3 +142,18 @@ def test_misaligned_inputs_are_copied_to_meet_the_cubins_assumptions():
     fixed = dispatch._fit(odd)
     assert fixed is not odd and fixed.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in fixed.stride()[:-1])
     assert torch.equal(fixed, odd)
+
+
+def test_sliding_window_spec_compiles_every_key_its_dispatch_asks_for():
+    pytest.importorskip("triton")
+    from kernel_loader.build.aot.compile_cubins import _load_spec
+
+    sw_dir = FLASH_ATTN2_DIR.parent / "sliding-window"
+    sw_aot = load_aot_config(sw_dir)
+    assert sw_aot.stable_abi == "2.10" and sw_aot.exclude == ("_triton_impl.py",)
+    pkg = sw_dir / "torch-ext" / "sliding_window"
+    spec = _load_spec(str(sw_aot.spec), str(pkg))
+    sw_keys = importlib.import_module(spec.KERNEL_PACKAGE + "._aot_keys")
+    tiles = tomllib.loads(sw_aot.tiles.read_text())
+    for arch in sw_aot.archs:
+        assert {c["key"] for c in spec.configurations(arch, tiles)} == set(sw_keys.all_keys())

@@ -35,26 +35,33 @@ SCRATCH_ERROR = ("kernel {name} ({key}, sm_{arch}) needs {size} bytes of global 
                  "launcher passes none (device-side tensor descriptors need it: use USE_TMA=False or host descriptors)")
 
 
-def _import_package(package_dir: str):
-    if PKG_ALIAS not in sys.modules:
-        pkg = types.ModuleType(PKG_ALIAS)
+def _alias(package_dir: str) -> str:
+    """Import name of a kernel package loaded as a bare namespace (one per folder: two repos' specs may load)."""
+    return f"{PKG_ALIAS}_{hashlib.sha1(str(Path(package_dir).resolve()).encode()).hexdigest()[:10]}"
+
+
+def _import_package(package_dir: str) -> str:
+    alias = _alias(package_dir)
+    if alias not in sys.modules:
+        pkg = types.ModuleType(alias)
         pkg.__path__ = [package_dir]
-        sys.modules[PKG_ALIAS] = pkg
+        sys.modules[alias] = pkg
+    return alias
 
 
 def _load_spec(spec_path: str, package_dir: str):
-    _import_package(package_dir)
-    spec = importlib.util.spec_from_file_location("_aot_spec", spec_path)
+    alias = _import_package(package_dir)
+    spec = importlib.util.spec_from_file_location(f"_aot_spec_{alias}", spec_path)
     mod = importlib.util.module_from_spec(spec)
-    mod.__dict__["KERNEL_PACKAGE"] = PKG_ALIAS
+    mod.__dict__["KERNEL_PACKAGE"] = alias
     spec.loader.exec_module(mod)
     return mod
 
 
 def _kernel(package_dir: str, ref: str):
-    _import_package(package_dir)
+    alias = _import_package(package_dir)
     module, fn = ref.split(":")
-    return getattr(importlib.import_module(f"{PKG_ALIAS}.{module}"), fn)
+    return getattr(importlib.import_module(f"{alias}.{module}"), fn)
 
 
 def _capability(arch: str) -> int:
