@@ -10,6 +10,8 @@ folder -> rename into place. ``build_variants`` runs several with progress lines
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 import shutil
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .abicheck import AbiReport, check_library
+from .aot import aot_accepts, build_cubins, load_aot_config, plan_aot
+from .aot import stage as stage_aot_files
+from .aot.plan import aot_source_hash
 from .backends import PLANNERS, BuildError, BuildPlan, plan_noarch
 from .compile import run_ninja
 from .config import BuildConfig, BuildConfigError, load_build_config
@@ -81,18 +86,33 @@ def build_variant(
     log = progress or _stderr
     start = time.monotonic()
     config = load_build_config(Path(kernel_dir))
+    # A repo with aot.toml ships its CUDA kernels as precompiled Triton cubins + a stable-ABI launcher (see aot/);
+    # a [torch-noarch] (Triton-only) repo gets those variants besides its noarch ones, at aot.toml's stable-abi.
+    aot_repo = load_aot_config(config.kernel_dir) if "cuda" in config.backends else None
+    if aot_repo is not None and config.noarch and aot_repo.stable_abi:
+        config = dataclasses.replace(config, torch=dataclasses.replace(config.torch, stable_abi=aot_repo.stable_abi))
     target = parse_target(variant, config) if variant else default_target(config)
     explicit = _pythons(python)
     env = None
+    aot_config = aot_repo if target.compiled and target.backend == "cuda" else None
     if target.compiled:
-        if config.noarch:
+        if config.noarch and aot_config is None:
             raise BuildError(f"variant {target.variant}: {config.kernel_dir / 'build.toml'} is a [torch-noarch] "
                              f"kernel (nothing to compile); build torch-{target.backend} instead")
-        env = find_env(config.kernel_dir, target.accepts, target.needs(), explicit)
+        env = find_env(config.kernel_dir, aot_accepts(target) if aot_config else target.accepts, target.needs(),
+                       explicit)
         check_torch_range(config, env, target)
     src_hash = source_hash(config)
-    ops_id = ops_id_for(config, target.backend, src_hash)
-    plan = PLANNERS[target.backend](config, target, env, ops_id) if target.compiled else plan_noarch(config, target, ops_id)
+    stage_aot = None
+    if aot_config is not None:
+        cubins = build_cubins(config, aot_config, python_candidates=(env.python,), jobs=jobs, progress=log)
+        src_hash = aot_source_hash(src_hash, cubins)
+        ops_id = ops_id_for(config, target.backend, src_hash)
+        plan = plan_aot(config, target, env, ops_id, aot_config, cubins)
+        stage_aot = functools.partial(stage_aot_files, aot=aot_config, cubins=cubins)
+    else:
+        ops_id = ops_id_for(config, target.backend, src_hash)
+        plan = PLANNERS[target.backend](config, target, env, ops_id) if target.compiled else plan_noarch(config, target, ops_id)
     via = f" against torch {env.torch_version} ({env.python})" if env is not None else " (package only)"
     log(f"building {config.name} v{config.version} -> {target.variant}{via}, ops namespace {plan.ops_id}")
 
@@ -108,7 +128,7 @@ def build_variant(
             abi = check_library(library, plan.abi_policy, variant=target.variant)
         log(f"  assembling {out_root / target.variant}")
         dest = _assemble(config, plan, library, ops, src_hash, target.variant, out_root, env=env, abi=abi,
-                         target=target)
+                         target=target, stage=stage_aot)
 
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())
     built = BuiltVariant(
@@ -298,7 +318,7 @@ def probe_ops(library: Path, ops_id: str, *, python: str | None = None) -> list[
 
 def _assemble(
     config: BuildConfig, plan: BuildPlan, library: Path | None, ops: list[str], src_hash: str, variant: str,
-    out_root: Path, *, env=None, abi: AbiReport | None = None, target: Target | None = None,
+    out_root: Path, *, env=None, abi: AbiReport | None = None, target: Target | None = None, stage=None,
 ) -> Path:
     """Stage the variant folder (package, _ops.py, library, build-info.json), add any further files, then seal
     (metadata.json with the digest of every file) and rename into place. Files added before ``seal`` are covered
@@ -307,6 +327,8 @@ def _assemble(
     staging = Path(tempfile.mkdtemp(prefix=f".{variant}.tmp-", dir=out_root))
     try:
         copy_package(config, staging)
+        if stage is not None:  # AOT variants: cubin table and run-time module in, Triton sources out
+            stage(staging)
         write_ops_py(staging, plan)
         if library is not None:
             shutil.copyfile(library, staging / plan.library_name)

@@ -258,6 +258,7 @@ def load_matrix(path: Path) -> Matrix:
 def read_kernel(kernel_dir: Path) -> KernelInfo:
     """build.toml -> KernelInfo. Validation (unknown keys, missing fields) is the builder's for [torch] kernels
     and kernels' own parser for [torch-noarch] ones; we add the CUDA capability check, naming the section."""
+    from ..build.aot.config import load_aot_config
     from ..build.config import BuildConfigError, load_build_config
 
     path = Path(kernel_dir).resolve() / "build.toml"
@@ -277,6 +278,9 @@ def read_kernel(kernel_dir: Path) -> KernelInfo:
             check_capability(f"{path}: kernel.{section.name}.cuda-capabilities[{i}]", cap)
             if cap not in caps:
                 caps.append(cap)
+    aot = load_aot_config(kernel_dir)  # precompiled Triton kernels: the archs their cubins are built for
+    if aot is not None:
+        caps += [a for a in aot.archs if a not in caps]
     target = raw.get("torch", {}).get("stable-abi")
     if target is not None:
         _minor(f"{path}: torch.stable-abi", target)

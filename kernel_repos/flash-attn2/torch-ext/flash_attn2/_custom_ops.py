@@ -2,8 +2,9 @@
 torch.compile(fullgraph=True). Each op picks its implementation per device, eagerly, when it runs:
 
 - CPU tensors: the compiled CPU kernel (``ops.fwd``/``ops.varlen_fwd``); backward by float32 recompute.
-- CUDA tensors: Triton (default), or the compiled CUDA ``ops.fwd`` when ``FLASH_ATTN2_CUDA_IMPL=compiled`` or
-  Triton is not importable and the build has one (forward only; gradients still use Triton).
+- CUDA tensors: the precompiled cubins of an AOT variant (``_aot_dispatch``: no Triton, no JIT) when the variant
+  has them for this GPU, else Triton (the noarch ``torch-cuda`` variant). ``FLASH_ATTN2_CUDA_IMPL=auto|aot|triton``
+  forces one (``aot`` raises when this GPU has no cubins).
 - ``FLASH_ATTN2_CPU_IMPL=triton`` runs CPU tensors through the Triton kernels too; with ``TRITON_INTERPRET=1``
   that is how CI checks the GPU kernels on a machine without a GPU.
 
@@ -18,7 +19,7 @@ from typing import Callable, Optional
 
 import torch
 
-from . import _kvcache, _reference
+from . import _aot_dispatch, _kvcache, _reference
 
 _triton_error: Optional[str] = None
 
@@ -47,6 +48,12 @@ def triton_available() -> bool:
     return _triton_error is None and _triton_found
 
 
+def triton_shipped() -> bool:
+    """This variant carries the Triton kernels (AOT variants leave them out) and Triton is installed."""
+    import importlib.util
+    return triton_available() and importlib.util.find_spec(f"{__package__}._triton_launch") is not None
+
+
 def has_kernel(ops, name: str, key: str) -> bool:
     if ops is None:
         return False
@@ -73,21 +80,36 @@ class Ops:
     kvcache_fwd: Callable
 
 
+_AOT = None  # the variant's CubinTable (set by register), None for variants without precompiled kernels
+CUDA_IMPLS = ("auto", "aot", "triton")
+
+
+def cuda_impl(device: torch.device) -> str:
+    """"aot" or "triton" for a call on CUDA ``device``; RuntimeError naming what is missing when neither can run."""
+    impl = os.environ.get("FLASH_ATTN2_CUDA_IMPL", "auto")
+    if impl not in CUDA_IMPLS:
+        raise ValueError(f"FLASH_ATTN2_CUDA_IMPL={impl!r}; valid: {', '.join(CUDA_IMPLS)}")
+    if impl != "triton" and _AOT is not None and _AOT.covers(device):
+        return "aot"
+    aot_why = _aot_dispatch.why_unavailable() or (
+        f"no precompiled kernels for compute capability {'.'.join(map(str, torch.cuda.get_device_capability(device)))}"
+        f" (this build has sm_{', sm_'.join(a.replace('.', '') for a in _AOT.archs)})" if _AOT is not None else "")
+    if impl == "aot":
+        raise RuntimeError(f"flash_attn2: FLASH_ATTN2_CUDA_IMPL=aot but {aot_why}")
+    if triton_available() and triton_launch() is not None:
+        return "triton"
+    raise RuntimeError(f"flash_attn2: no kernel for this GPU: {aot_why or 'no precompiled kernels'}, and Triton "
+                       f"is not usable ({_triton_error or 'not installed'})")
+
+
 def _use_triton(device: torch.device, ops) -> bool:
     if device.type == "cpu":
         return os.environ.get("FLASH_ATTN2_CPU_IMPL", "compiled") == "triton"
-    impl = os.environ.get("FLASH_ATTN2_CUDA_IMPL", "triton")
-    if impl not in ("triton", "compiled"):
-        raise ValueError(f"FLASH_ATTN2_CUDA_IMPL={impl!r}; valid: triton, compiled")
-    if impl == "compiled" and has_kernel(ops, "fwd", "CUDA"):
-        return False
-    if impl == "compiled":
-        raise RuntimeError("FLASH_ATTN2_CUDA_IMPL=compiled but this build has no compiled CUDA fwd op")
-    if triton_available() and triton_launch() is not None:
-        return True
-    if has_kernel(ops, "fwd", "CUDA"):
-        return False
-    raise RuntimeError(f"flash_attn2: CUDA tensors need Triton ({_triton_error}) or a build with CUDA ops")
+    return cuda_impl(device) == "triton"
+
+
+def _use_aot(device: torch.device) -> bool:
+    return device.type == "cuda" and cuda_impl(device) == "aot"
 
 
 def _triton():
@@ -98,9 +120,9 @@ def _triton():
 
 
 def _need_compiled_cpu(ops):
-    if ops is None:
-        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (noarch); CPU tensors are not "
-                           "supported by it")
+    if not has_kernel(ops, "fwd", "CPU"):
+        raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (a GPU-only variant); CPU tensors "
+                           "are not supported by it")
 
 
 def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
@@ -111,17 +133,22 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
     except (AttributeError, RuntimeError):
         pass
     tma = hopper_tiles  # flash-attn3 style: TMA descriptors and larger tiles on sm90
+    global _AOT
+    if not hopper_tiles:  # flash-attn3 reuses this module with its own kernels: no flash-attn2 cubins for it
+        _AOT = _aot_dispatch.table(ops)
 
     # ------------------------------------------------------------------------------------------- dense
     @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
     def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window_left: int,
             window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if _use_aot(q.device):
+            return _aot_dispatch.forward(_AOT, q, k, v, scale=scale, causal=causal,
+                                         window=(window_left, window_right), softcap=softcap)
         if _use_triton(q.device, ops):
             hopper = tma and q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
             return _triton().forward(q, k, v, scale=scale, causal=causal, window=(window_left, window_right),
                                      softcap=softcap, use_tma=hopper, hopper_tiles=hopper)
-        if q.device.type == "cpu":
-            _need_compiled_cpu(ops)
+        _need_compiled_cpu(ops)
         return ops.fwd(q, k, v, scale, causal, window_left, window_right, softcap, True)
 
     @fwd.register_fake
@@ -135,6 +162,9 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
         window = (window_left, window_right)
         if q.device.type == "cpu" and not _use_triton(q.device, ops):
             return _reference.attention_grads(q, k, v, dout, scale, causal, window, softcap, dlse)
+        if _use_aot(q.device):
+            return _aot_dispatch.backward(_AOT, dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
+                                          softcap=softcap, dlse=dlse)
         return _triton().backward(dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
                                   softcap=softcap, dlse=dlse)
 
@@ -161,18 +191,22 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
                    softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
         from ._checks import cu_values
         cu_values("flash_attn_varlen_func", cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
-        if _use_triton(q.device, ops):
-            out, lse = _triton().forward(q, k, v, scale=scale, causal=causal, window=(window_left, window_right),
-                                         softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k)
-            end = int(cu_q[-1])
-            if end < q.shape[0]:  # packed rows after the last sequence: out 0, lse -inf (every element written)
-                out[end:] = 0
-                lse[:, end:] = float("-inf")
-            return out, lse
-        if q.device.type == "cpu":
+        window = (window_left, window_right)
+        if _use_aot(q.device):
+            out, lse = _aot_dispatch.forward(_AOT, q, k, v, scale=scale, causal=causal, window=window,
+                                             softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k)
+        elif _use_triton(q.device, ops):
+            out, lse = _triton().forward(q, k, v, scale=scale, causal=causal, window=window, softcap=softcap,
+                                         cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k)
+        else:
             _need_compiled_cpu(ops)
-        return ops.varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right,
-                              softcap, True)
+            return ops.varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right,
+                                  softcap, True)
+        end = int(cu_q[-1])
+        if end < q.shape[0]:  # packed rows after the last sequence: out 0, lse -inf (every element written)
+            out[end:] = 0
+            lse[:, end:] = float("-inf")
+        return out, lse
 
     @varlen_fwd.register_fake
     def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right, softcap):
@@ -188,6 +222,10 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
         if q.device.type == "cpu" and not _use_triton(q.device, ops):
             return _reference.varlen_attention_grads(q, k, v, dout, cu_q, cu_k, scale, causal, window, softcap,
                                                      dlse)
+        if _use_aot(q.device):
+            return _aot_dispatch.backward(_AOT, dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
+                                          softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k,
+                                          dlse=dlse)
         return _triton().backward(dout, q, k, v, out, lse, scale=scale, causal=causal, window=window,
                                   softcap=softcap, cu_q=cu_q, cu_k=cu_k, max_q=max_q, max_k=max_k, dlse=dlse)
 
@@ -218,15 +256,17 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
         if cache_seqlens is None:
             cache_seqlens = torch.full((q.shape[0],), _kvcache.capacity(k_cache, block_table), dtype=torch.int32,
                                        device=q.device)
-        _kvcache.check_values(k_cache, cache_seqlens, s_new, block_table)
+        if not (q.is_cuda and torch.cuda.is_current_stream_capturing()):  # reading values syncs; a graph
+            _kvcache.check_values(k_cache, cache_seqlens, s_new, block_table)  # capture checked its warmup
         _kvcache.append(k_cache, v_cache, k, v, cache_seqlens, block_table)
         seqlens = (cache_seqlens + s_new).to(torch.int32)
         window = (window_left, window_right)
+        if _use_aot(q.device):
+            return _aot_dispatch.forward(_AOT, q, k_cache, v_cache, scale=scale, causal=causal, window=window,
+                                         softcap=softcap, seqused_k=seqlens, block_table=block_table)
         if _use_triton(q.device, ops):
             return _triton().forward(q, k_cache, v_cache, scale=scale, causal=causal, window=window,
                                      softcap=softcap, seqused_k=seqlens, block_table=block_table)
-        if q.device.type != "cpu":
-            raise RuntimeError("flash_attn_with_kvcache: CUDA tensors need the Triton implementation")
         _need_compiled_cpu(ops)
         b, sq, hq, d = q.shape
         kp, vp, cu_k, max_k = _kvcache.gather_packed(k_cache, v_cache, seqlens, block_table)

@@ -60,7 +60,7 @@ def _band(start_m, seqlen_q, seqlen_k, left, right,
 
 
 @triton.jit
-def _load_kv(base, desc, cols, seqlen_k, stride_n, bt_row, stride_page, b, h_kv, k_row0, offs_d,
+def _load_kv(base, desc, cols, seqlen_k, stride_n, bt_row, stride_page, b, h_kv, k_row0, offs_d, page_size,
              PAGED: tl.constexpr, PAGE: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr,
              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM_P: tl.constexpr):
     if USE_TMA:
@@ -69,8 +69,12 @@ def _load_kv(base, desc, cols, seqlen_k, stride_n, bt_row, stride_page, b, h_kv,
     else:
         in_seq = cols < seqlen_k
         if PAGED:
-            page = tl.load(bt_row + cols // PAGE, mask=in_seq, other=0)
-            rows = page.to(tl.int64) * stride_page + (cols % PAGE) * stride_n
+            if PAGE == 0:  # page size given at run time (precompiled kernels serve every page size)
+                page = tl.load(bt_row + cols // page_size, mask=in_seq, other=0)
+                rows = page.to(tl.int64) * stride_page + (cols % page_size) * stride_n
+            else:
+                page = tl.load(bt_row + cols // PAGE, mask=in_seq, other=0)
+                rows = page.to(tl.int64) * stride_page + (cols % PAGE) * stride_n
         else:
             rows = cols.to(tl.int64) * stride_n
         mask = in_seq[:, None]
@@ -82,7 +86,7 @@ def _load_kv(base, desc, cols, seqlen_k, stride_n, bt_row, stride_page, b, h_kv,
 @triton.jit
 def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, offs_m, offs_n, offs_d,
                  seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage, stride_vpage, b, h_kv, k_row_base,
-                 qk_scale, softcap, left, right,
+                 qk_scale, softcap, left, right, page_size,
                  MASK: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
                  PAGED: tl.constexpr, PAGE: tl.constexpr, USE_TMA: tl.constexpr, EVEN_D: tl.constexpr,
                  HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM_P: tl.constexpr):
@@ -90,7 +94,7 @@ def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, o
     for start_n in range(n_lo, n_hi, BLOCK_N):
         cols = start_n + offs_n
         k = _load_kv(k_base, k_desc, cols, seqlen_k, stride_kn, bt_row, stride_kpage, b, h_kv,
-                     k_row_base + start_n, offs_d, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
+                     k_row_base + start_n, offs_d, page_size, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
         s = tl.dot(q, tl.trans(k))
         if SOFTCAP:
             s = softcap * _tanh(s * qk_scale)
@@ -114,7 +118,7 @@ def _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, n_lo, n_hi, o
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         v = _load_kv(v_base, v_desc, cols, seqlen_k, stride_vn, bt_row, stride_vpage, b, h_kv,
-                     k_row_base + start_n, offs_d, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
+                     k_row_base + start_n, offs_d, page_size, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, m_i, l_i
@@ -125,7 +129,7 @@ def attn_fwd_kernel(
     Q, K, V, O, LSE, CU_Q, CU_K, SEQUSED_K, BLOCK_TABLE,
     stride_qb, stride_qm, stride_qh, stride_kb, stride_kn, stride_kh, stride_vb, stride_vn, stride_vh,
     stride_ob, stride_om, stride_oh, stride_lb, stride_lh, stride_btb, stride_kpage, stride_vpage,
-    seqlen_q_max, seqlen_k_max, n_heads, group, batch, qk_scale, softcap, left, right, seq_bucket,
+    seqlen_q_max, seqlen_k_max, n_heads, group, batch, qk_scale, softcap, left, right, seq_bucket, page_size,
     VARLEN: tl.constexpr, SEQUSED: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -192,15 +196,15 @@ def attn_fwd_kernel(
                                      BLOCK_M, BLOCK_N)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, lo, full_lo, offs_m, offs_n,
                                  offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
-                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, True, HAS_LEFT,
+                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, page_size, True, HAS_LEFT,
                                  HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, full_lo, full_hi, offs_m,
                                  offs_n, offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
-                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, False, HAS_LEFT,
+                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, page_size, False, HAS_LEFT,
                                  HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, full_hi, hi, offs_m, offs_n,
                                  offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
-                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, True, HAS_LEFT,
+                                 stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, page_size, True, HAS_LEFT,
                                  HAS_RIGHT, SOFTCAP, PAGED, PAGE, USE_TMA, EVEN_D, HEAD_DIM, BLOCK_N, HEAD_DIM_P)
 
     empty = l_i == 0.0

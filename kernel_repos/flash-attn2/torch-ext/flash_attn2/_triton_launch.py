@@ -96,7 +96,7 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
         *qs, *ks, *vs, *os_, *ls,
         block_table.stride(0) if paged else 0, k.stride(0) if paged else 0, v.stride(0) if paged else 0,
         sq_, sk_, hq, hq // hk, batch,
-        (softcap and 1.0 / softcap * scale) or scale * fwd.LOG2E, softcap, left, right, _bucket(sk_),
+        (softcap and 1.0 / softcap * scale) or scale * fwd.LOG2E, softcap, left, right, _bucket(sk_), page,
         VARLEN=varlen, SEQUSED=seqused_k is not None, PAGED=paged, PAGE=page,
         HAS_LEFT=has_left, HAS_RIGHT=has_right, SOFTCAP=softcap > 0, USE_TMA=use_tma,
         HEAD_DIM=d, HEAD_DIM_P=_head_dim_p(d),

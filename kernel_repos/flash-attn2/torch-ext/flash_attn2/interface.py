@@ -1,7 +1,8 @@
 """flash_attn 2.x API: ``flash_attn_func``, ``flash_attn_varlen_func``, ``flash_attn_with_kvcache``.
 
-CPU tensors run the compiled CPU kernel (forward; gradients by a float32 recompute). CUDA tensors run the Triton
-kernels (forward and backward; sm80+), or the build's compiled CUDA op when ``FLASH_ATTN2_CUDA_IMPL=compiled``.
+CPU tensors run the compiled CPU kernel (forward; gradients by a float32 recompute). CUDA tensors run the
+precompiled cubins of an AOT variant (forward and backward; sm80/sm90/sm100, no Triton needed) or, in the noarch
+``torch-cuda`` variant, the Triton kernels (JIT). ``FLASH_ATTN2_CUDA_IMPL=auto|aot|triton`` (see _custom_ops.py).
 Every entry point goes through torch.library custom ops (see _custom_ops.py), so torch.compile(fullgraph=True)
 traces through it.
 """
@@ -10,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from . import _checks, _custom_ops, _kvcache
+from . import _aot_dispatch, _checks, _custom_ops, _kvcache
 
 try:
     from ._ops import ops
@@ -25,7 +26,7 @@ def _devices() -> tuple:
     devices = []
     if ops is not None and _custom_ops.has_kernel(ops, "fwd", "CPU"):
         devices.append("cpu")
-    if _custom_ops.has_kernel(ops, "fwd", "CUDA") or _custom_ops.triton_available():
+    if _aot_dispatch.table(ops) is not None or _custom_ops.triton_shipped():
         devices.append("cuda")
     return tuple(devices)
 
@@ -60,7 +61,8 @@ def _limits(device: torch.device):
     if device.type == "cpu":
         if _custom_ops._use_triton(device, ops):  # Triton on CPU tensors: the interpreter, for tests
             return _checks.GPU_DTYPES + (torch.float32,), (16, 32) + _checks.GPU_HEAD_DIMS
-        return CPU_DTYPES, CPU_HEAD_DIMS
+        if "cpu" in _DEVICES:
+            return CPU_DTYPES, CPU_HEAD_DIMS
     raise ValueError(f"flash_attn2: tensors on device '{device}'; this build runs on "
                      f"{', '.join(_DEVICES) or 'no device (no CPU kernel, no Triton)'} tensors")
 

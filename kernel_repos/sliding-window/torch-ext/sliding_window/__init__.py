@@ -8,7 +8,9 @@ decode against a ring-buffer KV cache whose memory stays O(W).
 - ``RingKVCache.allocate(batch, window, kv_heads, head_dim)``, ``ring_cache_append(cache, k, v)``,
   ``sliding_window_decode(q, cache)``.
 
-CUDA: a Triton prefill kernel (fp16/bf16). CPU and float32: torch ops, bounded to the window the same way.
+CUDA: a Triton prefill kernel (fp16/bf16): precompiled cubins in the torch-stable-abi210-cuXYZ variants (head dims
+64/96/128/256; no Triton needed), Triton JIT in torch-cuda. CPU, float32 and other head dims: torch ops, bounded
+to the window the same way.
 """
 
 import torch

@@ -1,5 +1,8 @@
 """Triton windowed flash-attention forward (CUDA). One program per (query block, batch x head); its key loop
-runs only over [lo, hi), the keys its rows' windows reach, so the cost is O(S * (W + BLOCK_M))."""
+runs only over [lo, hi), the keys its rows' windows reach, so the cost is O(S * (W + BLOCK_M)).
+
+The GQA group size ``G`` is a run-time argument (one kernel serves every head ratio; the precompiled variants
+compile one cubin per head dim, dtype and softcap flag, see _aot_keys.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +15,8 @@ import triton.language as tl
 def _window_fwd(
     Q, K, V, O, sm_scale_log2, softcap,
     sqb, sqs, sqh, skb, sks, skh, svb, svs, svh, sob, sos, soh,
-    SQ, SK, HQ, LEFT, RIGHT,
-    G: tl.constexpr, D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SQ, SK, HQ, LEFT, RIGHT, G,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -83,8 +86,8 @@ def prefill(q, k, v, scale: float, left: int, right: int, softcap: float) -> tor
         q, k, v, out, scale * 1.4426950408889634, float(softcap),
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        sq, sk, hq, max(left, 0), max(right, 0),
-        G=hq // hk, D=d, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+        sq, sk, hq, max(left, 0), max(right, 0), hq // hk,
+        D=d, D_PAD=d_pad, BLOCK_M=block_m, BLOCK_N=block_n,
         HAS_LEFT=left >= 0, HAS_RIGHT=right >= 0, SOFTCAP=softcap > 0,
         num_warps=8 if block_m == 128 else 4, num_stages=3,
     )

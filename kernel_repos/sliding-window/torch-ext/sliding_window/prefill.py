@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _torch_impl
+from . import _aot_dispatch, _torch_impl
 from ._window import normalize_window
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -33,6 +33,12 @@ def sliding_window_attn_func(q, k, v, window_size=-1, causal: bool = True, softm
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     if q.shape[1] == 0 or k.shape[1] == 0:
         return torch.zeros_like(q)
+    if q.device.type == "cuda" and q.dtype != torch.float32:
+        tbl = _aot_dispatch.table()  # precompiled variants: cubins for this GPU and head dim, else the torch path
+        if tbl is not None and tbl.covers(q.device):
+            out = _aot_dispatch.prefill(tbl, q, k, v, scale, left, right, float(softcap or 0.0))
+            if out is not None:
+                return out
     if _use_triton(q):
         from . import _triton_impl
 

@@ -1,0 +1,1 @@
+../../../flash-attn2/torch-ext/flash_attn2/_aot_keys.py

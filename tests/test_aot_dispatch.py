@@ -1,0 +1,159 @@
+"""flash-attn2's precompiled-kernel configuration space, without building or a GPU.
+
+The build compiles one cubin per (arch, configuration) the spec (kernel_repos/flash-attn2/aot/spec.py) yields; the
+dispatch (_aot_dispatch.py) forms the configuration key of each call. These tests check the two agree for every
+input SUPPORTED admits on CUDA (property test), that the tile table has a config for every (kernel, arch,
+family), and that the cubins' "both window edges on" convention gives exactly flash_attn's visible band.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
+from kernel_loader.build.aot import load_aot_config  # noqa: E402
+from tiny_kernels import FLASH_ATTN2_DIR  # noqa: E402
+
+PKG = FLASH_ATTN2_DIR / "torch-ext" / "flash_attn2"
+ALIAS = "_fa2_aot_test_pkg"
+
+
+def _pkg_module(name: str):
+    """A module of the flash_attn2 package imported without running its __init__ (no _ops, no op registration)."""
+    if ALIAS not in sys.modules:
+        pkg = types.ModuleType(ALIAS)
+        pkg.__path__ = [str(PKG)]
+        sys.modules[ALIAS] = pkg
+    return importlib.import_module(f"{ALIAS}.{name}")
+
+
+keys = _pkg_module("_aot_keys")
+dispatch = _pkg_module("_aot_dispatch")
+checks = _pkg_module("_checks")
+AOT = load_aot_config(FLASH_ATTN2_DIR)
+TILES = tomllib.loads(AOT.tiles.read_text())
+
+
+@pytest.fixture(scope="module")
+def spec_keys() -> dict[str, set[str]]:
+    """arch -> configuration keys the build compiles (the spec imports the Triton kernels: needs triton)."""
+    pytest.importorskip("triton")
+    from kernel_loader.build.aot.compile_cubins import _load_spec
+
+    spec = _load_spec(str(AOT.spec), str(PKG))
+    return {arch: {c["key"] for c in spec.configurations(arch, TILES)} for arch in AOT.archs}
+
+
+def test_spec_compiles_exactly_the_keys_the_dispatch_knows(spec_keys):
+    want = set(keys.all_keys())
+    assert len(want) == len(keys.all_keys())  # no key twice
+    for arch, have in spec_keys.items():
+        assert have == want, (arch, sorted(want - have)[:5], sorted(have - want)[:5])
+
+
+def test_dispatch_space_is_what_supported_admits_on_cuda():
+    assert tuple(keys.HEAD_DIMS) == tuple(checks.GPU_HEAD_DIMS)
+    assert {dispatch._DT[d] for d in checks.GPU_DTYPES} == set(keys.DTYPES)
+
+
+def test_every_kernel_arch_and_family_has_a_tile_config():
+    for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+        for arch in AOT.archs:
+            for fam in ("small", "mid", "big"):
+                t = TILES[kernel][arch][fam]
+                assert t["block_m"] in (16, 32, 64, 128) and t["block_n"] in (16, 32, 64, 128)
+                assert t["num_warps"] in (4, 8) and 1 <= t["num_stages"] <= 4
+    for arch in AOT.archs:
+        assert TILES["bwd_delta"][arch]["all"]["block_m"] in (32, 64, 128)
+
+
+calls = st.fixed_dictionaries({
+    "head_dim": st.sampled_from(checks.GPU_HEAD_DIMS),
+    "dtype": st.sampled_from(checks.GPU_DTYPES),
+    "softcap": st.sampled_from([0.0, 0.5, 30.0]),
+    "varlen": st.booleans(),
+    "kv": st.sampled_from(["none", "contiguous", "paged"]),
+    "heads": st.sampled_from([(8, 8), (8, 2), (32, 1)]),
+})
+
+
+@settings(max_examples=200, deadline=None)
+@given(call=calls)
+def test_every_supported_call_has_a_cubin_on_every_arch(spec_keys, call):
+    q = torch.empty(2, 3, call["heads"][0], call["head_dim"], dtype=call["dtype"], device="meta")
+    if call["kv"] != "none":  # flash_attn_with_kvcache: dense q over a cache
+        mode = dispatch.fwd_mode(False, True, call["kv"] == "paged")
+        needed = [dispatch.fwd_config(q, mode, call["softcap"])]
+    else:
+        needed = [dispatch.fwd_config(q, dispatch.fwd_mode(call["varlen"], False, False), call["softcap"])]
+        needed += dispatch.bwd_configs(q, call["varlen"], call["softcap"])
+    for arch, have in spec_keys.items():
+        missing = [k for k in needed if k not in have]
+        assert not missing, f"sm_{arch}: no cubin for {missing}"
+
+
+def _band_mask(sq, sk, left, right):
+    """Visible (query, key) pairs with both window edges on, as the cubins compute them."""
+    i = torch.arange(sq)[:, None] + (sk - sq)
+    j = torch.arange(sk)[None, :]
+    return (j >= i - left) & (j <= i + right)
+
+
+def _flash_attn_mask(sq, sk, causal, window):
+    left, right = window
+    if causal:
+        right = 0
+    i = torch.arange(sq)[:, None] + (sk - sq)
+    j = torch.arange(sk)[None, :]
+    m = torch.ones(sq, sk, dtype=torch.bool)
+    if left >= 0:
+        m &= j >= i - left
+    if right >= 0:
+        m &= j <= i + right
+    return m
+
+
+@settings(max_examples=300, deadline=None)
+@given(sq=st.integers(1, 70), sk=st.integers(1, 70), causal=st.booleans(),
+       left=st.sampled_from([-1, 0, 1, 5, 64]), right=st.sampled_from([-1, 0, 3, 64]))
+def test_unbounded_window_edges_become_wider_than_any_sequence(sq, sk, causal, left, right):
+    l2, r2 = dispatch._window(causal, (left, right), sq, sk)
+    assert l2 >= 0 and r2 >= 0
+    assert torch.equal(_band_mask(sq, sk, l2, r2), _flash_attn_mask(sq, sk, causal, (left, right)))
+
+
+def test_misaligned_inputs_are_copied_to_meet_the_cubins_assumptions():
+    base = torch.randn(2, 17, 4, 64)
+    ok = base[:, 1:]  # strides multiples of 16 elements, pointer offset 4*64*4 bytes: aligned
+    assert dispatch._fit(ok) is ok
+    odd = torch.randn(1000)[1:].view(1, 9, 1, 111)[..., :64]  # pointer off by 4 bytes, row stride 111
+    fixed = dispatch._fit(odd)
+    assert fixed is not odd and fixed.data_ptr() % 16 == 0 and all(s % 16 == 0 for s in fixed.stride()[:-1])
+    assert torch.equal(fixed, odd)
+
+
+def test_sliding_window_spec_compiles_every_key_its_dispatch_asks_for():
+    pytest.importorskip("triton")
+    from kernel_loader.build.aot.compile_cubins import _load_spec
+
+    sw_dir = FLASH_ATTN2_DIR.parent / "sliding-window"
+    sw_aot = load_aot_config(sw_dir)
+    assert sw_aot.stable_abi == "2.10" and sw_aot.exclude == ("_triton_impl.py",)
+    pkg = sw_dir / "torch-ext" / "sliding_window"
+    spec = _load_spec(str(sw_aot.spec), str(pkg))
+    sw_keys = importlib.import_module(spec.KERNEL_PACKAGE + "._aot_keys")
+    tiles = tomllib.loads(sw_aot.tiles.read_text())
+    for arch in sw_aot.archs:
+        assert {c["key"] for c in spec.configurations(arch, tiles)} == set(sw_keys.all_keys())
