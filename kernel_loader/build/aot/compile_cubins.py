@@ -191,8 +191,10 @@ def main(request_path: str) -> int:
                                     [c for _, c in work]))
     out = Path(req["out"])
     entries, size = write_table(out, results, runs_on)
-    print(json.dumps({"cubins": len(entries), "bytes": size, "seconds": round(time.monotonic() - t0, 1),
-                      "triton": triton.__version__}))
+    # The parent reads this summary (and removes it); stdout stays free for Triton's own messages.
+    (out / "summary.json").write_text(json.dumps({"cubins": len(entries), "bytes": size,
+                                                  "seconds": round(time.monotonic() - t0, 1),
+                                                  "triton": triton.__version__}))
     return 0
 
 

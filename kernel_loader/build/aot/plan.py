@@ -97,7 +97,8 @@ def build_cubins(config: BuildConfig, aot: AotConfig, *, python_candidates=(), j
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(f"AOT cubin compile failed ({python}):\n{proc.stderr.strip()[-4000:]}")
     (tmp / "request.json").unlink()
-    progress(f"  {proc.stdout.strip().splitlines()[-1]}")
+    progress(f"  {(tmp / 'summary.json').read_text()}")
+    (tmp / "summary.json").unlink()
     if cache.exists():
         shutil.rmtree(tmp, ignore_errors=True)
     else:
