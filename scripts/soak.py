@@ -74,7 +74,7 @@ def _fds() -> int:
 
 
 def publish_repos(hub_root: Path, work: Path, n: int) -> list[str]:
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     sys.path.insert(0, str(ROOT / "tests"))
     from tiny_kernels import make_tiny_kernel
@@ -92,7 +92,7 @@ def publish_repos(hub_root: Path, work: Path, n: int) -> list[str]:
 
 def cache_problems(cache: Path) -> list[str]:
     """Variants visible in the cache (metadata.json linked) that are not exactly what was published."""
-    from kernel_loader.fallback import KernelUnavailable
+    from kernel_loader.errors import KernelUnavailable
     from kernel_loader.fetch import verify_variant
 
     problems = []

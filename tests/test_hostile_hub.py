@@ -29,7 +29,7 @@ import pytest
 import kernel_loader
 from kernel_loader import hubio
 from kernel_loader.api import clear_cache
-from kernel_loader.fallback import KernelUnavailable
+from kernel_loader.errors import KernelUnavailable
 from test_reliability import (BIG, VARIANT, attention_still_runs, cache_problems, env, hub, load_quietly,  # noqa: F401
                               point_at, proxy, publish, report)
 
@@ -167,9 +167,10 @@ def row(fault: str, outcome: str, reason: str, w: Watch) -> None:
 
 
 def _repo_git(hub, repo: str):
-    from kernel_loader.hub import _Git, kernel_repo_path
+    from kernel_loader.hub import kernel_repo_path
+    from kernel_loader.publish.local import Git
 
-    return _Git(kernel_repo_path(hub.root, repo))
+    return Git(kernel_repo_path(hub.root, repo))
 
 
 def _variant_listing(repo: str):
@@ -372,22 +373,24 @@ def test_thousands_of_unlisted_files_refuse_before_other_downloads(hub, proxy, e
 def test_build_id_cannot_shadow_a_module(hub, proxy, env, tmp_path, monkeypatch, attack):
     if attack == "stdlib":
         module_id = "colorsys"
-        had = "colorsys" in sys.modules
     else:  # a real module on sys.path, with a name of the build-id shape
         module_id = "_acme_shadow_helper"
         (tmp_path / "mods").mkdir()
         (tmp_path / "mods" / f"{module_id}.py").write_text("VALUE = 'the real module'\n")
         monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-        had = False
     repo = f"acme/id-{attack}"
-    publish(hub, tmp_path, repo, module_id=module_id)
+    import kernel_loader.integrity as integrity
+
+    with monkeypatch.context() as m:  # a hostile publisher does not run our publish checks
+        m.setattr(integrity, "check_build_id", lambda name, where: name)
+        publish(hub, tmp_path, repo, module_id=module_id)
     with watched(tmp_path, env) as w:
         k, _ = load_quietly(repo)
     fragment = "is not a kernel build id" if attack == "stdlib" else "would shadow the importable module at"
     reason = refused(k, fragment)
     assert module_id in reason
-    if not had:
-        assert module_id not in sys.modules
+    mod = sys.modules.get(module_id)  # something else may import the real colorsys; ours must never be it
+    assert mod is None or not str(getattr(mod, "__file__", "")).startswith(str(env)), mod
     row(f"hostile Hub: metadata.json id = {module_id!r} ({'a stdlib module' if attack == 'stdlib' else 'an importable module'})",
         "refused before import", reason, w)
 
