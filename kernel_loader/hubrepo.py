@@ -24,7 +24,7 @@ from pathlib import Path
 from . import hubio
 from .containment import (Limits, ListedFile, check_inside, check_metadata_size, check_variant_name, listed_file,
                           plan_variant)
-from .cache import atomic_write, cache_dir
+from .cache import atomic_symlink, atomic_write, cache_dir
 from .errors import KernelUnavailable
 from .hub_client import HubServerError, HubUnreachable
 from .integrity import check_commit, check_metadata
@@ -233,17 +233,7 @@ def _inside(path: Path, root: Path, where: str) -> None:
 
 
 def _link(link: Path, blob: Path, repo_folder: Path, where: str) -> None:
-    """Point ``link`` at ``blob`` with a relative symlink, replaced atomically."""
-    import tempfile
-
+    """Point ``link`` at ``blob`` with a relative symlink (huggingface_hub's layout), replaced atomically."""
     link.parent.mkdir(parents=True, exist_ok=True)
     _inside(link.parent, repo_folder, where)
-    target = os.path.relpath(blob, link.parent)
-    tmp = Path(tempfile.mktemp(dir=link.parent, prefix=f".{link.name[:16]}.", suffix=".link"))
-    os.symlink(target, tmp)
-    try:
-        os.replace(tmp, link)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomic_symlink(link, os.path.relpath(blob, link.parent))

@@ -9,7 +9,9 @@ Every attack runs inside :func:`watched`, which checks that nothing was written 
 a walk of the test's whole temp tree before and after (new paths outside the cache), and a Python audit hook that
 records every path opened for writing, created, renamed onto, linked or removed while the load runs. It also
 measures the bytes read from the Hub (kernel_loader.hubio.traffic), the time, and the peak RSS during the load
-(VmHWM after resetting it through /proc/self/clear_refs). Each test appends its row to RELIABILITY.md's table.
+(VmHWM after resetting it through /proc/self/clear_refs, and its growth over the RSS before). The lying proxy runs
+in this process too, so its own buffers (a 100,000-entry listing it builds) count in that peak. Each test appends
+its row to RELIABILITY.md's table.
 """
 
 from __future__ import annotations
@@ -98,9 +100,10 @@ def _tree(root: Path) -> set[str]:
     return out
 
 
-def _vm_hwm_mb() -> float:
+def _vm_mb(field: str) -> float:
+    """VmHWM (peak RSS) or VmRSS of this process, in MB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -114,12 +117,13 @@ class Watch:
     bytes: int = 0
     requests: int = 0
     seconds: float = 0.0
+    rss_before_mb: float = 0.0
     peak_rss_mb: float = 0.0
 
     def numbers(self) -> str:
         return (f"nothing written outside the cache (walk of {self.walked} paths, {self.audited} write events "
-                f"audited); {self.bytes} B read from the Hub in {self.requests} requests; {self.seconds:.2f} s; "
-                f"peak RSS {self.peak_rss_mb:.0f} MB")
+                f"audited); {self.bytes} B read from the Hub in {self.requests} request(s); {self.seconds:.2f} s; "
+                f"peak RSS {self.peak_rss_mb:.0f} MB (+{self.peak_rss_mb - self.rss_before_mb:.0f} MB)")
 
 
 @contextlib.contextmanager
@@ -131,7 +135,7 @@ def watched(tmp_path: Path, cache: Path, *, extra_roots=()):
     before = set().union(*(_tree(r) for r in roots))
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: the peak below is this attack's
-    w = Watch(cache)
+    w = Watch(cache, rss_before_mb=_vm_mb("VmRSS"))
     hubio.traffic.bytes = hubio.traffic.requests = 0
     events: list = []
     _Audit.active = events
@@ -141,7 +145,7 @@ def watched(tmp_path: Path, cache: Path, *, extra_roots=()):
     finally:
         _Audit.active = None
         w.seconds = time.perf_counter() - t0
-        w.peak_rss_mb = _vm_hwm_mb()
+        w.peak_rss_mb = _vm_mb("VmHWM")
         w.bytes, w.requests = hubio.traffic.bytes, hubio.traffic.requests
         real_cache = os.path.realpath(cache)
         after = set().union(*(_tree(r) for r in roots))
@@ -374,22 +378,24 @@ def test_thousands_of_unlisted_files_refuse_before_other_downloads(hub, proxy, e
 def test_build_id_cannot_shadow_a_module(hub, proxy, env, tmp_path, monkeypatch, attack):
     if attack == "stdlib":
         module_id = "colorsys"
-        had = "colorsys" in sys.modules
     else:  # a real module on sys.path, with a name of the build-id shape
         module_id = "_acme_shadow_helper"
         (tmp_path / "mods").mkdir()
         (tmp_path / "mods" / f"{module_id}.py").write_text("VALUE = 'the real module'\n")
         monkeypatch.syspath_prepend(str(tmp_path / "mods"))
-        had = False
     repo = f"acme/id-{attack}"
-    publish(hub, tmp_path, repo, module_id=module_id)
+    import kernel_loader.integrity as integrity
+
+    with monkeypatch.context() as m:  # a hostile publisher does not run our publish checks
+        m.setattr(integrity, "check_build_id", lambda name, where: name)
+        publish(hub, tmp_path, repo, module_id=module_id)
     with watched(tmp_path, env) as w:
         k, _ = load_quietly(repo)
     fragment = "is not a kernel build id" if attack == "stdlib" else "would shadow the importable module at"
     reason = refused(k, fragment)
     assert module_id in reason
-    if not had:
-        assert module_id not in sys.modules
+    mod = sys.modules.get(module_id)  # something else may import the real colorsys; ours must never be it
+    assert mod is None or not str(getattr(mod, "__file__", "")).startswith(str(env)), mod
     row(f"hostile Hub: metadata.json id = {module_id!r} ({'a stdlib module' if attack == 'stdlib' else 'an importable module'})",
         "refused before import", reason, w)
 
@@ -409,7 +415,7 @@ def test_branch_pointing_at_a_tree_object(hub, proxy, env, tmp_path):
     # not a network problem, at once (no retries, no offline advice).
     reason = refused(k, "refs of acme/r-tree-ref: the Hub")
     assert "answered HTTP 500 (a server error, not a connectivity problem)" in reason
-    assert w.seconds < 5, w.seconds
+    assert w.seconds < 10, w.seconds  # at once: the old path retried for ~23 s
     assert "unreachable" not in reason and "offline" not in reason and "download" not in reason
     row("hostile Hub: branch v2 points at a tree object", "refused with the real cause, no offline advice", reason, w)
 
@@ -422,7 +428,7 @@ def test_status_500_names_a_server_error_without_offline_advice(hub, proxy, env,
         k, _ = load_quietly(repo)
     reason = refused(k, "answered HTTP 500 (a server error, not a connectivity problem)")
     assert "offline" not in reason and "kernel-loader download" not in reason and "unreachable" not in reason
-    assert w.seconds < 5, w.seconds  # no retry storm on an answer that waiting does not change
+    assert w.seconds < 10, w.seconds  # no retry storm (it was ~23 s) on an answer that waiting does not change
     assert len([r for r in proxy.log if r.path.endswith("/refs")]) == 1
     row("hostile Hub: HTTP 500 on the refs listing", "refused with the status, no retries, no offline advice",
         reason, w)

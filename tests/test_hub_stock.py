@@ -25,6 +25,7 @@ from kernel_loader.publish import publish_local
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 KERNELS_CLI = Path(sys.executable).parent / "kernels"
+OUR_CLI = [sys.executable, "-c", "import sys; from kernel_loader.cli import main; sys.exit(main())"]
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_stock_kernels_lock_and_ours_are_byte_identical(front_hub, tmp_path):
     res = subprocess.run([str(KERNELS_CLI), "lock", str(stock)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     # Ours with no allow-list either: the Hub's flag is what trusts acme.
-    res = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "lock", str(ours)], env=env,
+    res = subprocess.run([*OUR_CLI, "lock", str(ours)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (ours / "kernels.lock").read_bytes() == (stock / "kernels.lock").read_bytes()
@@ -108,7 +109,7 @@ def test_stock_kernels_lock_and_ours_are_byte_identical(front_hub, tmp_path):
     res = subprocess.run([str(KERNELS_CLI), "lock", str(stock)], env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode != 0 and "not from a trusted publisher" in res.stderr
     (ours / "pyproject.toml").write_text('[tool.kernels.dependencies]\n"shady/stock" = 1\n')
-    res = subprocess.run([sys.executable, "-m", "kernel_loader.cli", "lock", str(ours)], env=env,
+    res = subprocess.run([*OUR_CLI, "lock", str(ours)], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 1 and "publisher 'shady' is not trusted (not a trusted kernel publisher" in res.stderr
 
@@ -152,7 +153,7 @@ def test_hub_serve_command_marks_trusted_orgs(tmp_path):
     import time
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "kernel_loader.cli", "hub", "serve", "--root", str(tmp_path / "h"),
+    proc = subprocess.Popen([*OUR_CLI, "hub", "serve", "--root", str(tmp_path / "h"),
                              "--port", str(port), "--trusted-org", "acme"], env={**os.environ,
                             "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
