@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import routing
 from .fallback import KernelUnavailable
 
 logger = logging.getLogger("kernel_loader")
@@ -150,6 +151,14 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         is_causal = kwargs.pop("is_causal", None)
         if is_causal is None:
             is_causal = getattr(module_, "is_causal", True)
+        cache = kwargs.pop("cache", None)
+        if cache is not None and hasattr(cache, "layer_to_allocator"):
+            # Continuous batching (transformers <= 5.23 hands flash implementations the paged cache): write the
+            # new K/V and read back the full sequences, as transformers' own flash_attention_forward does.
+            if kwargs.get("block_table") is not None:
+                raise NotImplementedError(f"{label}: continuous batching's block-table decode path; set "
+                                          "ContinuousBatchingConfig(max_blocks_per_request=0)")
+            key, value = cache.update(key, value, module_.layer_idx, kwargs)
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         window = (-1, -1)
         if sliding_window:  # transformers' sliding mask: kv > q - sliding_window
@@ -167,6 +176,11 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         needs_varlen = packed or (attention_mask is not None and not bool(attention_mask.all()))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
+        if why is None and not packed and (routed := routing.route(query, window != (-1, -1))) is not None:
+            # measured: SDPA wins this shape class here (kernel_loader/routing.py); on purpose, no warning
+            out = routing.sdpa_call(query, key, value, scale=scale, causal=is_causal, window=window,
+                                    softcap=softcap or 0.0, key_padding=attention_mask if needs_varlen else None)
+            return out.transpose(1, 2).contiguous(), None
         if why is not None:
             _once(f"{label}:{why}", f"{label}: {why}")
             if packed:
