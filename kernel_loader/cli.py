@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   kernel-loader selftest kernels-community/flash-attn2@v1   # run the variant on its reference.safetensors
   kernel-loader resolve kernels-community/flash-attn2 --json
   kernel-loader download kernels-community/flash-attn2@v1
+  kernel-loader bench kernels-community/flash-attn2 --dtype float32   # model tokens/s vs sdpa, alternated
   kernel-loader lock .                                  # [tool.kernels.dependencies] -> kernels.lock(.digests)
   kernel-loader download --lock kernels.lock --all-variants
   kernel-loader bundle export kernels.tar --lock kernels.lock   # then, air-gapped: kernel-loader bundle import
@@ -52,7 +53,7 @@ def cmd_resolve(args) -> int:
     if args.json:
         out = {"spec": str(spec), "repo_id": res.repo_id, "revision": res.revision, "commit": res.commit,
                "system": system.variant, "offline": res.offline or hub_offline(), "variant": res.variant,
-               "decisions": [asdict(d) for d in res.trace]}
+               "decisions": [asdict(d) for d in res.trace], "routed_to_sdpa": _routing_lines()}
         print(json.dumps(out, indent=2))
     else:
         print(f"{spec}  ->  {res.revision} ({res.commit[:12]})  on {system.variant}"
@@ -60,9 +61,18 @@ def cmd_resolve(args) -> int:
         for d in res.trace:
             mark = "chosen  " if d.variant == res.variant else ("ok      " if d.accepted else "rejected")
             print(f"  {mark} {d.variant}" + (f": {d.reason}" if d.reason else ""))
+        for line in _routing_lines():
+            print(f"  routed   {line}")
         if res.variant is None:
             print("no variant fits this machine; load() would fall back to sdpa", file=sys.stderr)
     return 0 if res.variant else 1
+
+
+def _routing_lines() -> list[str]:
+    """Shape classes the flash adapter sends to sdpa on purpose on this machine (kernel_loader/routing.py)."""
+    from .routing import describe
+
+    return describe()
 
 
 def cmd_download(args) -> int:
@@ -104,6 +114,7 @@ def cmd_doctor(args) -> int:
                                                          os.path.exists(constants.HF_TOKEN_PATH)) else "none",
         "trust": list(allow_list()) or "Hub trusted-publisher flag only",
         "strict": os.environ.get("KERNEL_LOADER_STRICT", "0"),
+        "routed_to_sdpa": _routing_lines() or "none",
     }
     for mod in ("kernels", "huggingface_hub", "transformers", "olah"):
         try:
@@ -117,6 +128,8 @@ def cmd_doctor(args) -> int:
     else:
         width = max(len(k) for k in info)
         for k, v in info.items():
+            if isinstance(v, list) and k == "routed_to_sdpa":  # one route per line
+                v = ("\n" + " " * (width + 2)).join(v)
             print(f"{k:<{width}}  {v}")
     return 0
 
@@ -149,7 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
     doc.set_defaults(func=cmd_doctor)
 
     _add_build_and_hub(sub)
+
+    from .bench_cli import add_bench_arguments
+
+    bn = sub.add_parser("bench", help="model-level benchmark of SPEC against sdpa on this machine (A/B alternated)")
+    add_bench_arguments(bn)
+    bn.set_defaults(func=cmd_bench)
     return p
+
+
+def cmd_bench(args) -> int:
+    from .bench_cli import run_bench
+
+    return run_bench(args)
 
 
 def cmd_lock(args) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Route", "ROUTES", "route", "routes_for", "set_enabled", "enabled", "describe", "sdpa_call"]
+__all__ = ["Route", "ROUTES", "route", "route_class", "routes_for", "set_enabled", "enabled", "describe", "sdpa_call"]
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,20 @@ def _build_table() -> dict:
     return table
 
 
+def route_class(device: str, dtype: torch.dtype, decode: bool, windowed: bool = False) -> Route | None:
+    """The route for a shape class on this machine, whether or not routing is on."""
+    global _table
+    if _table is None:
+        _table = _build_table()
+    return _table.get((device, dtype, decode, windowed))
+
+
 def route(query: torch.Tensor, windowed: bool = False) -> Route | None:
     """The route for this (B, H, S, D) query (``windowed``: a sliding-window call), or None (use the kernel).
     Cheap: one dict lookup per call."""
-    global _table
     if not _enabled:
         return None
-    if _table is None:
-        _table = _build_table()
-    return _table.get((query.device.type, query.dtype, query.shape[-2] == 1, windowed))
+    return route_class(query.device.type, query.dtype, query.shape[-2] == 1, windowed)
 
 
 def describe(cpu_features=None) -> list[str]:

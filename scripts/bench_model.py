@@ -215,8 +215,7 @@ def impls_for(workload, dtype, device, modules):
     """sdpa first (the baseline), then the kernel alone, then as routed when a route covers this class here."""
     import torch
 
-    from kernel_loader import routing
-    from kernel_loader.bench import SDPA, Impl
+    from kernel_loader.bench import SDPA, Impl, kernel_impls
 
     impls = [Impl(SDPA)]
     if workload == "cb":
@@ -224,14 +223,7 @@ def impls_for(workload, dtype, device, modules):
         impls.append(Impl(modules[PAGED][0], (modules[PAGED][1],), PAGED))
         return impls
     phase = "decode" if workload == "decode" else "prefill"
-    q = torch.empty(1, 1, 1 if phase == "decode" else 2, 1, dtype=getattr(torch, dtype), device=device)
-    routing.set_enabled(True)
-    routed = routing.route(q)
-    impls.append(Impl(modules[FLASH][0], (modules[FLASH][1],), FLASH + (" (kernel alone)" if routed else ""),
-                      routing=False))
-    if routed:
-        impls.append(Impl(modules[FLASH][0], (modules[FLASH][1],), FLASH + " (as routed)", routing=True))
-    return impls
+    return impls + kernel_impls(modules[FLASH][0], modules[FLASH][1], FLASH, device, getattr(torch, dtype), phase)
 
 
 def run(args, log=print) -> dict:
