@@ -533,6 +533,7 @@ def bench_spec(req: SpecBench, log=print) -> dict:
             report["kernel"] = {"variant": loaded.variant, "commit": loaded.commit, "revision": loaded.revision}
     elif spec is not None:
         problems.append(f"{req.spec} not loaded: its variant would be for {req.device}")
+    hooked_before = transformers_hook.is_enabled()
     if kernel is not None:
         transformers_hook.enable(force=True)
     model = build_model(req.model, dtype, device, head_dim=req.head_dim)
@@ -565,6 +566,8 @@ def bench_spec(req: SpecBench, log=print) -> dict:
         from . import routing
 
         routing.set_enabled(True)
+        if not hooked_before:
+            transformers_hook.disable()
     report["machine"]["load_average_after"] = list(os.getloadavg())
     return report
 

@@ -69,6 +69,10 @@ def parse_args(argv=None):
     ap.add_argument("--out", type=Path, default=ROOT / ".bench", help="output folder")
     ap.add_argument("--tag", help="machine tag in file names (default: from the device)")
     ap.add_argument("--deadline", type=float, default=0, help="seconds; skip the remaining workloads after this")
+    ap.add_argument("--plot-from", type=Path, metavar="JSON", help="only write the table and PNG of a results file "
+                    "(needs matplotlib, not torch)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default on cpu: 1 -- on a shared machine two "
+                    "OpenMP threads spin against other jobs and decode slows 20x; default on cuda: torch's)")
     return ap.parse_args(argv)
 
 
@@ -233,6 +237,9 @@ def run(args, log=print) -> dict:
 
     prof = profile(args)
     device = args.device
+    threads = args.threads or (1 if device == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False on this machine")
     before = list(os.getloadavg())
@@ -384,6 +391,7 @@ def plot(results, path: Path) -> bool:
         err = [[v["median"] - v["min"] for v in vals.values()], [v["max"] - v["median"] for v in vals.values()]]
         ax.bar(xs, med, width, yerr=err, capsize=2, label=name)
     ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=6)
     ax.set_ylabel("speed vs sdpa (per-round ratio, median, min-max)")
@@ -406,7 +414,17 @@ def machine_tag(results, args) -> str:
 
 
 def main(argv=None) -> int:
+    import signal
+
+    # SIGTERM (a timeout) unwinds like Ctrl-C, so the local Hub is stopped and partial results are kept
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     args = parse_args(argv)
+    if args.plot_from:
+        results = json.loads(args.plot_from.read_text())
+        stem = args.plot_from.with_suffix("")
+        stem.with_suffix(".md").write_text(markdown(results))
+        print(f"wrote {stem}.md" + (f", {stem}.png" if plot(results, stem.with_suffix(".png")) else " (no matplotlib)"))
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
     tag = machine_tag(results, args)

@@ -117,9 +117,13 @@ def main() -> None:
             g2 = ref.generate(ids[:1, :16], max_new_tokens=24, do_sample=False)
         print(f"greedy generation of 24 tokens identical to sdpa: {bool(torch.equal(g1, g2))}")
 
-        print("\nspeed, paired A/B in this process (scripts/bench_model.py has the full benchmark):")
+        # one torch thread: on a shared machine two OpenMP threads spin against other jobs and the figures scatter
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        print("\nspeed, paired A/B in this process, 1 thread (scripts/bench_model.py has the full benchmark):")
         for dtype in (torch.float32, torch.bfloat16):
             print("   " + paired_prefill(ours, REPO, 1024, dtype), flush=True)
+        torch.set_num_threads(threads)
 
     print("\nplain torch: sdpa_like drop-in in a bidirectional encoder block")
     attn = kernel_loader.sdpa_like(REPO)
