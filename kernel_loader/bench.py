@@ -590,3 +590,51 @@ def _spec_line(r: dict) -> str:
                      + (f" = {ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}] "
                         f"(calls {r['check'][impl]['kernel_calls']})" if ratio else ""))
     return f"{r['workload']:<8} {shape:<22} " + "; ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ kernel alone
+
+def attention_alone(module, batch: int, q_len: int, kv_len: int, heads: tuple[int, int], head_dim: int, *,
+                    dtype: torch.dtype, device: str, rounds: int, min_run_s: float = 0.05, seed: int = 4) -> dict:
+    """The kernel's ``flash_attn_func`` against ``F.scaled_dot_product_attention`` on the same causal attention
+    (bottom-right: a decode query sees every key), no model around it; what kernel_loader/routing.py cites."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    hq, hk = heads
+    q = torch.randn(batch, q_len, hq, head_dim, generator=g).to(device, dtype)
+    k = torch.randn(batch, kv_len, hk, head_dim, generator=g).to(device, dtype)
+    v = torch.randn(batch, kv_len, hk, head_dim, generator=g).to(device, dtype)
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    causal = q_len > 1
+
+    def kernel():
+        return module.flash_attn_func(q, k, v, causal=causal)
+
+    def sdpa():
+        return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal and q_len == kv_len,
+                                              enable_gqa=hq != hk).transpose(1, 2)
+
+    with torch.inference_mode():
+        err = float((kernel().float() - sdpa().float()).abs().max())
+        sync(device)
+        t = time.perf_counter()
+        sdpa()
+        sync(device)
+        reps = max(1, int(min_run_s / max(time.perf_counter() - t, 1e-6) + 0.999))
+
+        def many(fn):
+            def run():
+                for _ in range(reps):
+                    fn()
+            return run
+
+        alt = alternate({SDPA: many(sdpa), "kernel": many(kernel)}, rounds, device=device, work=reps)
+    s = alt.summary()
+    for impl in alt.order:  # calls per second -> microseconds per call
+        s[impl]["us_per_call"] = {k: 1e6 / v for k, v in s[impl].pop("tokens_per_s").items()}
+        s[impl]["us_per_call"]["min"], s[impl]["us_per_call"]["max"] = (s[impl]["us_per_call"]["max"],
+                                                                       s[impl]["us_per_call"]["min"])
+    return {"workload": "attention", "batch": batch, "q_len": q_len, "kv_len": kv_len, "heads": list(heads),
+            "head_dim": head_dim, "dtype": str(dtype).removeprefix("torch."), "calls_per_round": reps,
+            "max_abs_diff": err, **s}

@@ -42,13 +42,17 @@ PACKAGES = {FLASH: "flash_attn2", PAGED: "paged_attention"}
 PROFILES = {
     # name: models, dtypes, prefill lengths, decode (batch, context) pairs, new tokens, CB (requests, lengths), rounds
     "cpu": dict(models=["llama-small", "qwen3-small"], dtypes=["bfloat16", "float32"], prefill=[512, 2048],
-                decode=[(1, 256), (1, 1024), (8, 256)], new_tokens=16, cb=(16, (16, 256)), cb_new=16, rounds=5),
+                decode=[(1, 256), (1, 1024), (8, 256)], new_tokens=16, cb=(16, (16, 256)), cb_new=16, rounds=5,
+                attention=[(1, 2048, 2048, 8, 2, 64), (1, 2048, 2048, 4, 2, 128), (1, 1, 256, 8, 2, 64),
+                           (8, 1, 256, 8, 2, 64), (8, 1, 1024, 8, 2, 64)]),
     "cpu-quick": dict(models=["llama-small"], dtypes=["bfloat16"], prefill=[2048], decode=[(1, 256), (8, 256)],
-                      new_tokens=12, cb=(12, (16, 128)), cb_new=12, rounds=3),
+                      new_tokens=12, cb=(12, (16, 128)), cb_new=12, rounds=3,
+                      attention=[(1, 2048, 2048, 8, 2, 64), (8, 1, 256, 8, 2, 64)]),
     "cuda": dict(models=["llama-1b"], dtypes=["bfloat16"], prefill=[1024, 4096, 16384],
-                 decode=[(1, 1024), (16, 1024)], new_tokens=64, cb=(64, (64, 1024)), cb_new=64, rounds=5),
+                 decode=[(1, 1024), (16, 1024)], new_tokens=64, cb=(32, (64, 1024)), cb_new=32, rounds=5,
+                 cb_rounds=3, deadline=210, attention=[(1, 4096, 4096, 32, 8, 64), (16, 1, 1024, 32, 8, 64)]),
     "dry-run": dict(models=["tiny"], dtypes=["float32"], prefill=[64], decode=[(1, 32), (2, 32)], new_tokens=4,
-                    cb=(4, (5, 40)), cb_new=4, rounds=1),
+                    cb=(4, (5, 40)), cb_new=4, rounds=1, attention=[(1, 64, 64, 4, 2, 32), (2, 1, 32, 4, 2, 32)]),
 }
 
 
@@ -63,12 +67,13 @@ def parse_args(argv=None):
     ap.add_argument("--prefill", help="comma list of prompt lengths")
     ap.add_argument("--decode", help="comma list of BATCHxCONTEXT, e.g. 1x256,8x256")
     ap.add_argument("--rounds", type=int, help="timed rounds per implementation (alternated)")
-    ap.add_argument("--skip", default="", help="comma list of workloads to skip: prefill, decode, cb")
+    ap.add_argument("--skip", default="", help="comma list of workloads to skip: attention, prefill, decode, cb")
     ap.add_argument("--kernel-path", action="append", default=[], metavar="NAME=DIR",
                     help=f"import kernel NAME ({FLASH} or {PAGED}) from DIR instead of the Hub")
     ap.add_argument("--out", type=Path, default=ROOT / ".bench", help="output folder")
     ap.add_argument("--tag", help="machine tag in file names (default: from the device)")
-    ap.add_argument("--deadline", type=float, default=0, help="seconds; skip the remaining workloads after this")
+    ap.add_argument("--deadline", type=float, default=0, help="seconds; skip the remaining workloads after this "
+                    "(cuda profile default: 210)")
     ap.add_argument("--plot-from", type=Path, metavar="JSON", help="only write the table and PNG of a results file "
                     "(needs matplotlib, not torch)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default on cpu: 1 -- on a shared machine two "
@@ -249,7 +254,14 @@ def run(args, log=print) -> dict:
     modules, kinfo, stop = path_kernels(args, device, log) if path_mode else hub_kernels(args, log)
     results = {"machine": bench.machine(), "profile": prof, "kernels": kinfo, "routes": _routes(), "runs": []}
     skip = set(filter(None, args.skip.split(",")))
+    results["attention"] = []
     try:
+        for dtype_name in prof["dtypes"] if "attention" not in skip else []:
+            for b, sq, sk, hq, hk, d in prof.get("attention", []):
+                a = bench.attention_alone(modules[FLASH][1], b, sq, sk, (hq, hk), d, dtype=getattr(torch, dtype_name),
+                                          device=device, rounds=prof["rounds"] + 2)
+                results["attention"].append(a)
+                log("   attention alone " + attention_line(a))
         for model_name in prof["models"]:
             for dtype_name in prof["dtypes"]:
                 dtype = getattr(torch, dtype_name)
@@ -263,7 +275,8 @@ def run(args, log=print) -> dict:
                 if "cb" not in skip:
                     jobs.append(("cb", prof["cb"]))
                 for workload, shape in jobs:
-                    if args.deadline and time.monotonic() - started > args.deadline:
+                    deadline = args.deadline or prof.get("deadline", 0)
+                    if deadline and time.monotonic() - started > deadline:
                         log(f"   deadline reached: skipping {workload} {shape}")
                         continue
                     impls = impls_for(workload, dtype_name, device, modules)
@@ -277,7 +290,8 @@ def run(args, log=print) -> dict:
                                              rounds=prof["rounds"], device=device)
                         else:
                             r = bench.continuous_batching(model, impls, shape[0], shape[1], prof["cb_new"],
-                                                          rounds=prof["rounds"], device=device)
+                                                          rounds=prof.get("cb_rounds", prof["rounds"]),
+                                                          device=device)
                     except Exception as e:
                         traceback.print_exc()
                         r = {"workload": workload, "shape": str(shape), "error": f"{type(e).__name__}: {e}"[:400]}
@@ -337,6 +351,13 @@ def rows(results):
     return out
 
 
+def attention_line(a) -> str:
+    k, r = a["kernel"]["us_per_call"], a["kernel"]["ratio_vs_sdpa"]
+    return (f"{a['dtype']} B{a['batch']} q{a['q_len']} kv{a['kv_len']} heads {a['heads'][0]}/{a['heads'][1]}x"
+            f"{a['head_dim']}: kernel {k['median']:,.0f} us, sdpa {a['sdpa']['us_per_call']['median']:,.0f} us, "
+            f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]")
+
+
 def one_line(r) -> str:
     if "error" in r:
         return f"{r['model']} {r['dtype']} {r['workload']}: ERROR {r['error']}"
@@ -363,6 +384,16 @@ def markdown(results) -> str:
              "vs sdpa, per-round median [min-max] | kernel calls (check run) | greedy tokens = sdpa |",
              "|---|---|---|---|---|---:|---:|---:|---|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows(results)]
+    if results.get("attention"):
+        lines += ["", "Attention alone (the kernel's flash_attn_func vs F.scaled_dot_product_attention, causal, "
+                  "no model; alternated; what kernel_loader/routing.py cites):", "",
+                  "| dtype | batch | q len | kv len | heads q/kv x dim | kernel us | sdpa us | vs sdpa [min-max] | "
+                  "max abs diff |", "|---|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for a in results["attention"]:
+            k, sd, r = a["kernel"]["us_per_call"], a["sdpa"]["us_per_call"], a["kernel"]["ratio_vs_sdpa"]
+            lines.append(f"| {a['dtype']} | {a['batch']} | {a['q_len']} | {a['kv_len']} | {a['heads'][0]}/"
+                         f"{a['heads'][1]} x {a['head_dim']} | {k['median']:,.0f} | {sd['median']:,.0f} | "
+                         f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}] | {a['max_abs_diff']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
