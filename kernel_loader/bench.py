@@ -255,7 +255,9 @@ def _use(model, impl: Impl) -> None:
 
         routing.set_enabled(impl.routing)
     if model.config._attn_implementation != impl.name:
-        model.set_attn_implementation(impl.name)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # transformers on the "paged|" prefix, every switch
+            model.set_attn_implementation(impl.name)
 
 
 def _preparer(model, impls):
@@ -269,17 +271,33 @@ def _check(model, impls, run_once) -> dict:
     for impl in impls:
         _use(model, impl)
         with caught_kernel_warnings() as warned, KernelCalls(impl.modules, model) as calls:
-            result = run_once()
+            try:
+                result = run_once()
+            except Exception as e:  # reported, and this implementation is left out of the timing
+                if impl is impls[0]:
+                    raise
+                result = _Failed(f"{type(e).__name__}: {e}"[:400])
         out[impl.key] = {"calls": dict(calls.counts), "kernel_calls": calls.total, "fallback_warnings": warned,
                          "result": result}
     return out
+
+
+@dataclass
+class _Failed:
+    error: str
+
+
+def _timed(impls, check) -> list[Impl]:
+    """The implementations whose check run worked."""
+    return [i for i in impls if "error" not in check[i.key]]
 
 
 def _match(check: dict, baseline: str, compare) -> None:
     ref = check[baseline].pop("result")
     for k, v in check.items():
         if k != baseline:
-            v.update(compare(v.pop("result"), ref))
+            result = v.pop("result")
+            v.update({"error": result.error} if isinstance(result, _Failed) else compare(result, ref))
 
 
 def _token_match(ours: torch.Tensor, ref: torch.Tensor) -> dict:
@@ -312,6 +330,7 @@ def prefill(model, impls: list[Impl], length: int, *, rounds: int, device: str, 
         for _ in range(repeats):
             forward()
 
+    impls = _timed(impls, check)
     alt = alternate({i.key: run for i in impls}, rounds, device=device, work=repeats * ids.numel(),
                     prepare=_preparer(model, impls))
     return {"workload": "prefill", "batch": batch, "tokens": length, "repeats_per_round": repeats,
@@ -370,6 +389,7 @@ def decode(model, impls: list[Impl], batch: int, context: int, new_tokens: int, 
         gen()
         return last["s"]
 
+    impls = _timed(impls, check)
     alt = alternate({i.key: run for i in impls}, rounds, device=device, work=batch * (new_tokens - 1),
                     prepare=_preparer(model, impls))
     return {"workload": "decode", "batch": batch, "context": context, "new_tokens": new_tokens,
@@ -398,7 +418,12 @@ def continuous_batching(model, impls: list[Impl], requests: int, lengths: tuple[
             out = model.generate_batch(inputs=prompts, generation_config=gen, continuous_batching_config=cb,
                                        progress_bar=False)
         by_index = sorted(out, key=lambda r: int(r.split("_")[-1]))
-        return [list(out[k].generated_tokens) for k in by_index]
+        tokens = [list(out[k].generated_tokens) for k in by_index]
+        done = sum(len(t) == new_tokens for t in tokens)
+        if done != requests:  # a failed request ends early: its "throughput" would be a lie
+            raise RuntimeError(f"continuous batching with {model.config._attn_implementation}: {done} of {requests} "
+                               f"requests generated {new_tokens} tokens (the others failed; see the log above)")
+        return tokens
 
     def cmp(ours, ref):
         same = [a == b for a, b in zip(ours, ref)]
@@ -412,6 +437,7 @@ def continuous_batching(model, impls: list[Impl], requests: int, lengths: tuple[
     def run():
         run_batch()
 
+    impls = _timed(impls, check)
     alt = alternate({i.key: run for i in impls}, rounds, device=device, work=requests * new_tokens,
                     prepare=_preparer(model, impls))
     return {"workload": "continuous_batching", "requests": requests, "prompt_lengths": list(lengths),

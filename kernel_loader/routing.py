@@ -121,6 +121,11 @@ def sdpa_call(query, key, value, *, scale: float, causal: bool, window=(-1, -1),
         return F.scaled_dot_product_attention(query, key, value, scale=scale, enable_gqa=gqa)
     if plain and sq == sk:
         return F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scale, enable_gqa=gqa)
+    if sq == 1 and not softcap and key_padding is None and window[0] >= 0 and window[1] in (-1, 0) and causal:
+        # one decode query under a sliding window sees exactly the last window_left + 1 keys: slice, no mask
+        keep = min(sk, window[0] + 1)
+        return F.scaled_dot_product_attention(query, key[..., sk - keep:, :], value[..., sk - keep:, :], scale=scale,
+                                              enable_gqa=gqa)
     from .adapters import masked_attention
 
     return masked_attention(query, key, value, scale=scale, causal=causal, window=window, softcap=softcap,

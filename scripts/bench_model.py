@@ -102,9 +102,12 @@ def profile(args) -> dict:
 
 def hub_kernels(args, log):
     """CPU: build + publish to a local Hub, load through kernel_loader like a user (returns a stop function)."""
+    import tempfile
+
     import demo_hub
 
-    ctx = demo_hub.serve(args.out / "hub-work", (FLASH, PAGED), log=log)
+    work = tempfile.TemporaryDirectory(prefix="bench-model-hub-")
+    ctx = demo_hub.serve(Path(work.name), (FLASH, PAGED), log=log)
     served = ctx.__enter__()
     import kernel_loader
 
@@ -116,7 +119,7 @@ def hub_kernels(args, log):
             raise SystemExit(f"error: {spec} did not load: {loaded.fallback}")
         modules[name] = (spec, loaded.module)
         info[name] = {"spec": spec, "variant": loaded.variant, "commit": loaded.commit}
-    return modules, info, lambda: ctx.__exit__(None, None, None)
+    return modules, info, lambda: (ctx.__exit__(None, None, None), work.cleanup())
 
 
 def import_path(name: str, path: Path):
@@ -337,7 +340,11 @@ def rows(results):
         if "error" in r:
             out.append((r["model"], r["dtype"], r["workload"], r.get("shape", "?"), "error", r["error"], "", "", ""))
             continue
-        for impl in r["order"]:
+        for impl in [*r["order"], *(k for k in r["check"] if k not in r["order"])]:
+            if impl not in r["order"]:  # its check run failed: no figure
+                out.append((r["model"], r["dtype"], r["workload"], shape_of(r), impl, "failed: "
+                            + r["check"][impl]["error"][:160], "", str(r["check"][impl]["kernel_calls"]), ""))
+                continue
             d = r[impl]
             tps = d["tokens_per_s"]
             ratio = d.get("ratio_vs_sdpa")
@@ -347,7 +354,7 @@ def rows(results):
                         f"{tps['median']:,.0f} [{tps['min']:,.0f}-{tps['max']:,.0f}]",
                         f"{ratio['median']:.2f}x [{ratio['min']:.2f}-{ratio['max']:.2f}]" if ratio else "1 (baseline)",
                         str(chk["kernel_calls"]) if impl != "sdpa" else "-",
-                        "-" if impl == "sdpa" else ("yes" if match else f"no ({chk.get('sequences_matching', '')})")))
+                        "-" if impl == "sdpa" else ("yes" if match else _mismatch(chk))))
     return out
 
 
@@ -358,10 +365,16 @@ def attention_line(a) -> str:
             f"{r['median']:.2f}x [{r['min']:.2f}-{r['max']:.2f}]")
 
 
+def _mismatch(chk) -> str:
+    if "sequences_matching" in chk:
+        return f"no ({chk['sequences_matching']} sequences)"
+    return f"argmax differs (max logit diff {chk.get('logits_max_abs_diff', float('nan')):.2g})"
+
+
 def one_line(r) -> str:
     if "error" in r:
         return f"{r['model']} {r['dtype']} {r['workload']}: ERROR {r['error']}"
-    parts = []
+    parts = [f"{k} FAILED ({v['error'][:120]})" for k, v in r["check"].items() if "error" in v]
     for impl in r["order"]:
         d = r[impl]
         ratio = d.get("ratio_vs_sdpa")

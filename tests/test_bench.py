@@ -153,3 +153,16 @@ def test_cli_bench_bad_input_says_why_and_still_reports_sdpa(bench_cli, publishe
     assert rc == 1
     assert any(expect in p for p in rep["problems"]), rep["problems"]
     assert rep["runs"] and all(r["sdpa"]["tokens_per_s"]["median"] > 0 for r in rep["runs"])
+
+
+def test_routed_sliding_window_decode_equals_the_masked_reference():
+    """A routed decode query under a window: SDPA over the last window_left + 1 keys, same as the full flash mask."""
+    from kernel_loader.adapters import masked_attention
+
+    g = torch.Generator().manual_seed(7)
+    q, k, v = torch.randn(2, 4, 1, 32, generator=g), torch.randn(2, 2, 50, 32, generator=g), torch.randn(
+        2, 2, 50, 32, generator=g)
+    for window in ((7, 0), (60, 0), (0, 0)):
+        fast = routing.sdpa_call(q, k, v, scale=0.2, causal=True, window=window)
+        ref = masked_attention(q, k, v, scale=0.2, causal=True, window=window)
+        torch.testing.assert_close(fast, ref, atol=1e-6, rtol=1e-6)
