@@ -558,8 +558,11 @@ def bench_spec(req: SpecBench, log=print) -> dict:
             kernel = loaded
             report["kernel"] = {"variant": loaded.variant, "commit": loaded.commit, "revision": loaded.revision}
     elif spec is not None:
-        problems.append(f"{req.spec} not loaded: its variant would be for {req.device}")
+        problems.append(f"{req.spec} not loaded: the kernel would have to run on {req.device}")
     hooked_before = transformers_hook.is_enabled()
+    from . import routing
+
+    routing_before = routing.enabled()
     if kernel is not None:
         transformers_hook.enable(force=True)
     model = build_model(req.model, dtype, device, head_dim=req.head_dim)
@@ -570,8 +573,8 @@ def bench_spec(req: SpecBench, log=print) -> dict:
             impls = [Impl(SDPA)]
             if kernel is not None:
                 phase = "decode" if workload == "decode" else "prefill"
-                impls += ([Impl(str(req.spec), (kernel.module,), "kernel")] if workload == "cb" else
-                          kernel_impls(str(req.spec), kernel.module, "kernel", device, dtype, phase))
+                impls += ([Impl(str(req.spec), (kernel.module,), "ours")] if workload == "cb" else
+                          kernel_impls(str(req.spec), kernel.module, "ours", device, dtype, phase))
             if workload == "prefill":
                 r = prefill(model, impls, shape, rounds=req.rounds, device=device, min_run_s=0.1)
             elif workload == "decode":
@@ -589,9 +592,7 @@ def bench_spec(req: SpecBench, log=print) -> dict:
             report["runs"].append(r)
             log(_spec_line(r))
     finally:
-        from . import routing
-
-        routing.set_enabled(True)
+        routing.set_enabled(routing_before)
         if not hooked_before:
             transformers_hook.disable()
     report["machine"]["load_average_after"] = list(os.getloadavg())

@@ -54,7 +54,7 @@ def run_bench(args) -> int:
     log = (lambda _line: None) if args.json else print
     if not args.json:
         print(f"kernel-loader bench {args.spec} on {req.device}, {req.dtype}, model {req.model} "
-              f"({MODELS[req.model][0]}); {req.rounds} alternated rounds, ratios = sdpa time / kernel time")
+              f"({MODELS[req.model][0]}); {req.rounds} alternated rounds, ratios = sdpa time / ours per round")
     report = bench_spec(req, log=log)
     if args.json:
         print(json.dumps(report, indent=1, default=str))

@@ -218,6 +218,7 @@ def per_call(calls: int) -> dict:
         timed_sdpa, True)
 
     out = {}
+    routing_before = routing.enabled()
     real_F = routing.F
     routing.F = types.SimpleNamespace(scaled_dot_product_attention=timed_sdpa)  # time the routed SDPA call inside
     try:
@@ -246,7 +247,7 @@ def per_call(calls: int) -> dict:
                              "adapter_us": stat(ta), "direct_us": stat(td), "max_abs_diff": err}
     finally:
         routing.F = real_F
-        routing.set_enabled(True)
+        routing.set_enabled(routing_before)
     return out
 
 

@@ -252,6 +252,9 @@ def run(args, log=print) -> dict:
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False on this machine")
     before = list(os.getloadavg())
     started = time.monotonic()
+    from kernel_loader import routing
+
+    routing_before = routing.enabled()
     path_mode = args.dry_run or device.startswith("cuda") or bool(args.kernel_path)
     log(f"== kernels ({'paths' if path_mode else 'local Hub'})")
     modules, kinfo, stop = path_kernels(args, device, log) if path_mode else hub_kernels(args, log)
@@ -303,9 +306,7 @@ def run(args, log=print) -> dict:
                     log("   " + one_line(r))
                 del model
     finally:
-        from kernel_loader import routing
-
-        routing.set_enabled(True)
+        routing.set_enabled(routing_before)
         stop()
     after = list(os.getloadavg())
     results["machine"]["load_average_after"] = after
