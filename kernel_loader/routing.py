@@ -42,15 +42,18 @@ class Route:
                 f"(measured {self.measured})")
 
 
-# Measured on a 2-core Xeon (AVX-512 BF16 + AMX), torch 2.13, 2026-12-01, kernel alone vs F.scaled_dot_product_attention,
-# median of alternated runs (scripts/bench_model.py, BENCHMARKS.md "Model level on CPU").
+# Measured on a 2-core Xeon (AVX-512 BF16 + AMX), torch 2.13, transformers 5.23, 2026-12-01, alternated in one process
+# (scripts/bench_model.py; benchmarks/bench_model_cpu-xeon-amx-2core.md): "attention alone" is the kernel's
+# flash_attn_func against F.scaled_dot_product_attention, "model" the tokens/s a transformers model gets.
 ROUTES: tuple[Route, ...] = (
     Route(device="cpu", phase="decode", dtypes=("float32", "bfloat16", "float16"), needs_feature=None, windowed=True,
-          measured="B1/B8 ctx 256-1024, 8/2 heads x 64: kernel 170-16000 us per call, SDPA 20-470 us (0.03-0.11x)",
-          why="one query row per sequence: the CPU kernel's query tiles sit empty and SDPA's decode path is a "
-              "plain matrix-vector product"),
+          measured="attention alone B1/B8, one query over 256-1024 keys, 8/2 heads x 64: kernel 0.06-0.16x SDPA "
+                   "(bf16 and fp32); model generate() decode, kernel alone 0.44-0.84x, routed 0.77-1.06x",
+          why="one query row per sequence: the CPU kernel's per-call cost (its query tiles sit empty) dwarfs the "
+              "work, and SDPA's decode path is a plain matrix-vector product"),
     Route(device="cpu", phase="prefill", dtypes=("bfloat16",), needs_feature="amx_bf16", windowed=False,
-          measured="B1 S2048-4096 causal, 8/2-8 heads x 64/128: kernel 0.21-0.29x SDPA",
+          measured="attention alone S2048 causal, 8/2 x 64 and 4/2 x 128: kernel 0.29-0.32x SDPA; model prefill "
+                   "2048 tokens, kernel alone 0.53-0.61x, routed 0.83-1.01x",
           why="torch's SDPA uses AMX tiles for bf16, the kernel AVX-512 BF16 dot products"),
 )
 
