@@ -176,7 +176,7 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         needs_varlen = packed or (attention_mask is not None and not bool(attention_mask.all()))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
-        if why is None and not packed and (routed := routing.route(query, window != (-1, -1))) is not None:
+        if why is None and not packed and routing.route(query, window != (-1, -1)) is not None:
             # measured: SDPA wins this shape class here (kernel_loader/routing.py); on purpose, no warning
             out = routing.sdpa_call(query, key, value, scale=scale, causal=is_causal, window=window,
                                     softcap=softcap or 0.0, key_padding=attention_mask if needs_varlen else None)
