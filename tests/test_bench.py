@@ -34,12 +34,20 @@ def test_alternate_orders_runs_and_ratios_are_per_round():
     assert s["sdpa"]["tokens_per_s"]["median"] == pytest.approx(10 / 3)
 
 
-def test_kernel_calls_counts_custom_ops_in_worker_threads(built_flash_attn2):
+@pytest.fixture
+def fa2_module(published_flash_attn2):
+    """The CPU flash-attn2 module as load() gives it (from the Hub cache, like the other suites import it)."""
+    from kernel_loader import api
+
+    api.clear_cache()
+    yield api.load(published_flash_attn2, strict=True).module
+    api.clear_cache()
+
+
+def test_kernel_calls_counts_custom_ops_in_worker_threads(fa2_module):
     import threading
 
-    from kernel_loader.api import import_variant
-
-    fa = import_variant(built_flash_attn2.path)
+    fa = fa2_module
     q = torch.randn(1, 16, 2, 32)
 
     class Model(torch.nn.Module):
@@ -56,12 +64,11 @@ def test_kernel_calls_counts_custom_ops_in_worker_threads(built_flash_attn2):
     assert "forward" not in model.__dict__  # unwrapped again
 
 
-def test_routing_sends_cpu_decode_to_sdpa_and_off_means_the_kernel(built_flash_attn2):
+def test_routing_sends_cpu_decode_to_sdpa_and_off_means_the_kernel(fa2_module):
     from kernel_loader import adapters
-    from kernel_loader.api import import_variant
     from kernel_loader.spec import parse_spec
 
-    fa = import_variant(built_flash_attn2.path)
+    fa = fa2_module
     attention, _, _ = adapters.adapt(fa, parse_spec("kernels-community/flash-attn2"), "cpu")
 
     class Layer:
