@@ -33,12 +33,12 @@ def main() -> int:
                          "changed since the last demo is not refused as an unversioned API change)")
     args = ap.parse_args()
 
-    step("1/4 build kernel_repos/flash-attn2 for this machine")
+    step("1/5 build kernel_repos/flash-attn2 for this machine")
     t = time.perf_counter()
     built = build_variant(ROOT / "kernel_repos" / "flash-attn2", progress=lambda line: print(line, file=sys.stderr))
     print(f"built {built.variant} in {time.perf_counter() - t:.1f}s -> {built.path}")
 
-    step(f"2/4 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")
+    step(f"2/5 publish it as {REPO} v1 to the local Hub at {args.work / 'hub'}")
     if not args.keep_hub:
         shutil.rmtree(args.work / "hub", ignore_errors=True)
     # allow_dirty: the demo publishes whatever the checkout holds (the CLI refuses that without --allow-dirty).
@@ -46,18 +46,25 @@ def main() -> int:
     print(f"{result.branch} -> {result.commit[:12]} ({'new commit' if result.changed else 'unchanged'}); "
           f"variants: {', '.join(result.variants)}")
 
-    step("3/4 serve it (olah on 127.0.0.1, kernels-community marked a trusted publisher)")
+    step("3/5 serve it (olah on 127.0.0.1, kernels-community marked a trusted publisher)")
     cache = args.work / "cache"
     if not args.keep_cache:
         shutil.rmtree(cache, ignore_errors=True)
+    # No allow-list: the Hub marks kernels-community a trusted publisher, as huggingface.co does. Nothing else is
+    # set either (HF_HUB_DISABLE_TELEMETRY=1 would break the stock `kernels` CLI with huggingface_hub 2.4).
+    env = dict(os.environ, HF_HUB_CACHE=str(cache), KERNELS_CACHE=str(cache))
+    env.pop("HF_HUB_OFFLINE", None)
+    user = [sys.executable, str(ROOT / "scripts" / "demo_user.py")]
     with start_local_hub(args.work / "hub", front=True, trusted_orgs=["kernels-community"]) as hub:
         print(f"export HF_ENDPOINT={hub.endpoint}")
-        step("4/4 user process: only environment variables point it at the Hub")
-        # No allow-list: the Hub marks kernels-community a trusted publisher, as huggingface.co does. Nothing else is
-        # set either (HF_HUB_DISABLE_TELEMETRY=1 would break the stock `kernels` CLI with huggingface_hub 2.4).
-        env = dict(os.environ, HF_ENDPOINT=hub.endpoint, HF_HUB_CACHE=str(cache), KERNELS_CACHE=str(cache))
-        env.pop("HF_HUB_OFFLINE", None)
-        return subprocess.call([sys.executable, str(ROOT / "scripts" / "demo_user.py")], env=env)
+        step("4/5 user process: only environment variables point it at the Hub")
+        env["HF_ENDPOINT"] = hub.endpoint
+        rc = subprocess.call(user, env=env)
+        if rc:
+            return rc
+    step("5/5 offline: the Hub is stopped, HF_HUB_OFFLINE=1; the model loads the kernel from the cache")
+    print(f"Hub at {hub.endpoint} stopped (olah running: {hub.running()})")
+    return subprocess.call([*user, "--offline"], env=dict(env, HF_HUB_OFFLINE="1"))
 
 
 if __name__ == "__main__":

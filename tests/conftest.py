@@ -65,6 +65,9 @@ os.environ.update(_ENV)
 for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN",
              "HUGGINGFACE_HUB_CACHE", "LOCAL_KERNELS"):
     os.environ.pop(_var, None)
+# Tests check the kernel path itself, on any machine: no shape class is routed to SDPA on purpose
+# (kernel_loader/adapters/routing.py) unless a test turns routing on (tests/test_bench.py does).
+os.environ.setdefault("KERNEL_LOADER_ROUTING", "off")
 # Triton kernels are checked on CPU tensors through Triton's interpreter where there is no GPU. It must be on before
 # anything imports triton (triton's own @jit library functions are fixed at import), so it is set here, first.
 if "TRITON_INTERPRET" not in os.environ and not os.path.exists("/dev/nvidia0"):

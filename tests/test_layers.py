@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("L4 load and its users", ("fallback", "adapters", "adapters.*", "selftest.check", "api", "lock", "bundle",
                                "distributed")),
     ("L5 registration", ("registry", "integrations", "integrations.*")),
+    ("L6 measurement", ("bench", "bench.*")),  # model-level A/B benchmark; uses load and the transformers hook
     ("public re-exports", ("",)),  # kernel_loader/__init__.py
     ("cli", ("cli", "cli.*")),
 ]

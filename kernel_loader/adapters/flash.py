@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..errors import KernelUnavailable
 from .call import UnknownAttentionArguments, normalize_paged, score_modifiers
 from .capabilities import Capabilities
+from . import routing
 from .notes import once
 from .sdpa import floor_attention, torch_sdpa
 
@@ -98,6 +99,11 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
                                   and not bool(attention_mask.all()))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
+        if why is None and not packed and routing.route(query, window != (-1, -1)) is not None:
+            # measured: SDPA wins this shape class on this machine (adapters/routing.py); on purpose, no warning
+            out = routing.sdpa_call(query, key, value, scale=scale, causal=is_causal, window=window,
+                                    softcap=softcap or 0.0, key_padding=attention_mask if needs_varlen else None)
+            return out.transpose(1, 2).contiguous(), None
         if why is not None:
             once(f"{label}:{why}", f"{label}: {why}")
             out = floor_attention(query, key, value, attention_mask, kwargs if packed else None, scale=scale,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import build, doctor, download, hub, lock, matrix, publish, resolve, selftest
+from . import bench, build, doctor, download, hub, lock, matrix, publish, resolve, selftest
 
 EXAMPLES = """examples:
   kernel-loader doctor
@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   kernel-loader selftest kernels-community/flash-attn2@v1   # run the variant on its reference.safetensors
   kernel-loader resolve kernels-community/flash-attn2 --json
   kernel-loader download kernels-community/flash-attn2@v1
+  kernel-loader bench kernels-community/flash-attn2 --dtype float32   # model tokens/s vs sdpa, alternated
   kernel-loader lock .                                  # [tool.kernels.dependencies] -> kernels.lock(.digests)
   kernel-loader download --lock kernels.lock --all-variants
   kernel-loader bundle export kernels.tar --lock kernels.lock   # then, air-gapped: kernel-loader bundle import
@@ -34,7 +35,7 @@ environment: HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN, HF_HUB_CACHE, KERNELS_CACHE,
 """
 
 # Command groups in the order `--help` lists them.
-GROUPS = (resolve, download, lock, doctor, build, publish, matrix, selftest, hub)
+GROUPS = (resolve, download, lock, doctor, bench, build, publish, matrix, selftest, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:

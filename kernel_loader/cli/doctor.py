@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from .resolve import routed_lines
+
 
 def add_commands(sub) -> None:
     doc = sub.add_parser("doctor", help="torch/CUDA/ABI/arch/OS, cache, offline flag, Hub endpoint, trust")
@@ -34,6 +36,7 @@ def run(args) -> int:
                                                          os.path.exists(constants.HF_TOKEN_PATH)) else "none",
         "trust": list(allow_list()) or "Hub trusted-publisher flag only",
         "strict": os.environ.get("KERNEL_LOADER_STRICT", "0"),
+        "routed_to_sdpa": routed_lines() or "none",
     }
     for mod in ("kernels", "huggingface_hub", "transformers", "olah"):
         try:
@@ -46,6 +49,8 @@ def run(args) -> int:
     else:
         width = max(len(k) for k in info)
         for k, v in info.items():
+            if isinstance(v, list) and k == "routed_to_sdpa":  # one route per line
+                v = ("\n" + " " * (width + 2)).join(v)
             print(f"{k:<{width}}  {v}")
     return 0
 

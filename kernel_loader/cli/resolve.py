@@ -38,7 +38,7 @@ def run(args) -> int:
     if args.json:
         out = {"spec": str(spec), "repo_id": res.repo_id, "revision": res.revision, "commit": res.commit,
                "system": system.variant, "offline": res.offline or hub_offline(), "variant": res.variant,
-               "decisions": [asdict(d) for d in res.trace]}
+               "decisions": [asdict(d) for d in res.trace], "routed_to_sdpa": routed_lines()}
         print(json.dumps(out, indent=2))
     else:
         print(f"{spec}  ->  {res.revision} ({res.commit[:12]})  on {system.variant}"
@@ -46,6 +46,15 @@ def run(args) -> int:
         for d in res.trace:
             mark = "chosen  " if d.variant == res.variant else ("ok      " if d.accepted else "rejected")
             print(f"  {mark} {d.variant}" + (f": {d.reason}" if d.reason else ""))
+        for line in routed_lines():
+            print(f"  routed   {line}")
         if res.variant is None:
             print("no variant fits this machine; load() would fall back to sdpa", file=sys.stderr)
     return 0 if res.variant else 1
+
+
+def routed_lines() -> list[str]:
+    """Shape classes the flash adapter sends to sdpa on purpose on this machine (kernel_loader/adapters/routing.py)."""
+    from ..adapters.routing import describe
+
+    return describe()
