@@ -8,6 +8,7 @@ incremental compiles (header dependencies via depfiles) in a build directory tha
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -22,19 +23,35 @@ from .backends import BuildError, BuildPlan, CompileUnit
 _STATUS = re.compile(r"^\[(\d+)/(\d+)\] (.*)$")
 
 
+def find_tool(name: str, dirs: list, missing: str) -> str:
+    """``name`` from the first of ``dirs`` (folders pip packages ship it in: works without a venv's bin/ on PATH)
+    that has it, else from PATH; FileNotFoundError(``missing``) when none has it."""
+    for d in dirs:
+        if (Path(d) / name).is_file():
+            return str(Path(d) / name)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(missing)
+    return found
+
+
+def package_dir(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
 def ninja_binary() -> str:
     try:
-        import ninja  # the PyPI wheel; works without the venv's bin/ on PATH
+        import ninja  # the PyPI wheel: its BIN_DIR holds the binary
 
-        path = Path(ninja.BIN_DIR) / "ninja"
-        if path.exists():
-            return str(path)
+        dirs = [ninja.BIN_DIR]
     except ImportError:
-        pass
-    found = shutil.which("ninja")
-    if found is None:
-        raise BuildError("ninja not found; install it with `pip install ninja`")
-    return found
+        dirs = []
+    try:
+        return find_tool("ninja", dirs, "ninja not found; install it with `pip install ninja`")
+    except FileNotFoundError as e:
+        raise BuildError(str(e)) from None
 
 
 def _esc_path(p: str | Path) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..compile import find_tool, package_dir
 
 # Max dynamic shared memory per block (opt-in), bytes, per compute capability (CUDA programming guide, table of
 # technical specifications).
@@ -47,18 +48,9 @@ class Usage:
 
 def cuobjdump() -> str:
     """cuobjdump from Triton's package (it ships one), else the CUDA toolkit's."""
-    try:
-        import triton
-
-        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-        if bundled.is_file():
-            return str(bundled)
-    except ImportError:
-        pass
-    found = shutil.which("cuobjdump")
-    if found is None:
-        raise FileNotFoundError("cuobjdump not found (install triton or the CUDA toolkit)")
-    return found
+    triton = package_dir("triton")
+    return find_tool("cuobjdump", [triton / "backends" / "nvidia" / "bin"] if triton else [],
+                     "cuobjdump not found (install triton or the CUDA toolkit)")
 
 
 def table_usage(cubins_dir: Path, tool: str | None = None) -> list[Usage]:
