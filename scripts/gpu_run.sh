@@ -6,10 +6,15 @@
 #   scripts/gpu_run.sh [STEP ...]      steps: env check attention decode gluon model (default: all)
 #   GPU_RUN_BUDGET_S=540               seconds for the whole run (steps past it are skipped and say so)
 #
-# Expects (carried with the working tree, built on the CPU machine): .gpu/variants/<variant>/ (AOT and JIT
-# variant folders from `kernel-loader build`) and .whl/ (wheels the GPU image lacks: kernels, transformers >= 5.22,
-# olah and its dependencies; see BENCHMARKS.md "GPU run"). Nothing is compiled on the GPU machine but the Triton
-# JIT variant, which is measured as the comparison it is.
+# One device call holds at most 10 minutes, so the full run is two calls:
+#   scripts/gpu_run.sh env check model          (precompiled variants: correctness, host cost; model level)
+#   scripts/gpu_run.sh env attention decode gluon   (kernel level with the anchors; the Hopper Gluon forward)
+#
+# Expects, carried with the working tree (built on the CPU machine): .gpu/<repo>/<variant>/ (the AOT and Triton
+# JIT variant folders, `kernel-loader build kernel_repos/flash-attn2 --variant torch-stable-abi210-cu130-x86_64-linux
+# --variant torch-cuda --out .gpu/flash-attn2`, the same for sliding-window; about 12 MB) and .whl/ (wheels the
+# GPU image lacks: transformers >= 5.22, kernels 0.17.2, tomlkit; olah and its dependencies for a real local Hub).
+# Nothing is compiled on the GPU machine but the Triton JIT variant, measured as the comparison it is.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
@@ -46,12 +51,12 @@ for s in $steps; do
           python3 -c "import torch,triton,sys,platform; print(torch.__version__, triton.__version__, sys.version.split()[0], platform.libc_ver())";
           python3 -c "import transformers, kernels; print(\"transformers\", transformers.__version__, \"kernels\", kernels.__version__)";
           command -v git; git --version' ;;
-    check) [ -f scripts/gpu_check.py ] && step check 180 python3 scripts/gpu_check.py --variants .gpu/variants --out "$WORK/check" ;;
+    check) [ -f scripts/gpu_check.py ] && step check 340 python3 scripts/gpu_check.py --variants .gpu --out "$WORK/check" --budget-s 320 ;;
     attention) step attention 150 python3 scripts/bench_attention_followup.py --out "$WORK/attention" --deadline 130 --skip-e2e ;;
     decode) step decode 110 python3 scripts/bench_decode.py --out "$WORK/decode" --quick --budget-s 80 ;;
     gluon) [ -f kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ] && \
              step gluon 330 env OUT="$WORK/gluon" python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ;;
-    model) [ -f scripts/bench_model.py ] && step model 200 python3 scripts/bench_model.py --device cuda --variants .gpu/variants --out "$WORK/model" ;;
+    model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline 230 ;;
     *) echo "unknown step '$s' (valid: env check attention decode gluon model)"; exit 2 ;;
   esac
 done
