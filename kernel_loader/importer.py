@@ -6,13 +6,16 @@ here, so a folder is imported, named and mapped to a device one way.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import py_compile
 import sys
 from pathlib import Path
 from types import ModuleType
 
 from . import _kernels
+from .cache import STATE_DIR, cache_dir
 from .errors import KernelUnavailable
 from .variants import device_type
 
@@ -43,18 +46,38 @@ def import_variant(path: Path) -> ModuleType:
     module_spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(path)])
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module
-    saved = sys.dont_write_bytecode
-    sys.dont_write_bytecode = True  # never add files next to verified ones
     try:
-        module_spec.loader.exec_module(module)
+        with _bytecode_outside(path):
+            module_spec.loader.exec_module(module)
     except Exception as e:
         sys.modules.pop(name, None)
         first = str(e).splitlines()[0] if str(e) else ""
         raise KernelUnavailable(f"import of variant {path.name} failed: {type(e).__name__}: {first}",
                                 stage="import") from e
-    finally:
-        sys.dont_write_bytecode = saved
     return module
+
+
+@contextlib.contextmanager
+def _bytecode_outside(folder: Path):
+    """Import with the folder's bytecode kept under ``<cache>/.kernel-loader/pycache`` -- never a file next to
+    the verified ones -- so a warm load does not recompile the kernel's Python (most of its cost). The bytecode is
+    written once, hash-checked (``CHECKED_HASH``): every import compares it with the source's hash, so a source
+    that changed is compiled afresh and stale bytecode never runs. A cache we cannot write just costs the compile."""
+    saved = sys.pycache_prefix, sys.dont_write_bytecode
+    sys.pycache_prefix = str(Path(cache_dir()) / STATE_DIR / "pycache")
+    sys.dont_write_bytecode = True  # the import system writes nothing; py_compile below writes hash-checked files
+    try:
+        for source in folder.rglob("*.py"):
+            target = importlib.util.cache_from_source(str(source))
+            if not Path(target).exists():
+                try:
+                    py_compile.compile(str(source), cfile=target, doraise=True,
+                                       invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH)
+                except (OSError, py_compile.PyCompileError):
+                    pass  # read-only cache or a syntax error: the import itself reports the latter
+        yield
+    finally:
+        sys.pycache_prefix, sys.dont_write_bytecode = saved
 
 
 def _same_build(a: Path, b: Path) -> bool:

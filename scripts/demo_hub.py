@@ -54,7 +54,7 @@ def point_clients_here(endpoint: str, cache: Path) -> None:
 
 def build_and_publish(names, root: Path, log=print) -> dict:
     from kernel_loader.build import build_variant
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     published = {}
     for name in names:

@@ -132,7 +132,7 @@ def test_published_aot_variants_resolve_with_the_stock_client(aot_variants, loca
     import kernels
     from kernels.variants import VariantAccepted
 
-    from kernel_loader.hub import publish_local
+    from kernel_loader.publish import publish_local
 
     root, _ = aot_variants
     repo = "kernels-community/flash-attn2-aot-test"

@@ -1,5 +1,5 @@
 """Load the stable-ABI CUDA variant built on the CPU machine (torch 2.14.1 cu130 headers, TORCH_TARGET_VERSION 2.10)
-on a GPU machine's torch (2.11 here) through kernel_loader.api.import_variant, check its ``ops.fwd`` against a
+on a GPU machine's torch (2.11 here) through kernel_loader.importer.import_variant, check its ``ops.fwd`` against a
 float64 reference and SDPA on fresh random inputs, check bad inputs raise clear errors, time it, and show that the
 exact-torch variant (torch214-...) is rejected by variant resolution with the right reason.
 
