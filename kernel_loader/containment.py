@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .integrity import MAX_METADATA_BYTES, safe_relpath
 
-_HEX_ID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+_HEX_ID_RE = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
 
 @dataclass(frozen=True)

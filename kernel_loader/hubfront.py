@@ -26,10 +26,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 TRUSTED_ORGS_FILE = "trusted-orgs"
-_ORG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
+_ORG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?\Z")
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection", "host",
         "content-length"}
-_OVERVIEW_RE = re.compile(r"^/api/organizations/([^/?]+)/overview/?(?:\?.*)?$")
+_OVERVIEW_RE = re.compile(r"^/api/organizations/([^/?]+)/overview/?(?:\?.*)?\Z")
 # A revision segment written as a full ref name, URL-encoded as clients send it (and as plain text, defensively).
 _FULL_REF_RE = re.compile(r"(/(?:resolve|tree|revision|paths-info)/)refs(?:%2F|/)(?:heads|tags)(?:%2F|/)",
                           re.IGNORECASE)

@@ -19,9 +19,9 @@ MAX_METADATA_BYTES = 1 << 20  # real metadata.json files are a few KiB
 MAX_PATH_CHARS = 512
 # Our builds write _<python name>_<backend>_<rev> (kernel_loader/build/variant.py: ops_id_for); kernel-builder's
 # ids have the same leading underscore. Requiring it keeps ids out of the namespace of importable top-level modules.
-_BUILD_ID_RE = re.compile(r"^_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+$")
+_BUILD_ID_RE = re.compile(r"^_[A-Za-z0-9]+(?:_[A-Za-z0-9]+)+\Z")
 _BUILD_ID_MAX = 200
-_B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}$")
+_B64_RE = re.compile(r"^[A-Za-z0-9+/]{42,86}={0,2}\Z")
 
 
 def safe_relpath(name: object, *, what: str) -> str:

@@ -24,12 +24,12 @@ from dataclasses import dataclass
 
 # Hub repo ids: two parts of letters, digits, '-', '_', '.', not starting with '.' or '-', no '--' or '..'.
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?"
-_REPO_RE = re.compile(rf"^{_PART}/{_PART}$")
+_REPO_RE = re.compile(rf"^{_PART}/{_PART}\Z")
 # Git ref names: no whitespace, no '..', no leading '-', no control or glob characters.
-_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}$")
-_FN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VERSION_BRANCH_RE = re.compile(r"^v([1-9][0-9]{0,5})$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_REV_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/+-]{0,254}\Z")
+_FN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_VERSION_BRANCH_RE = re.compile(r"^v([1-9][0-9]{0,5})\Z")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 
 PAGED_PREFIX = "paged|"
 
@@ -151,7 +151,7 @@ def is_commit(value: object) -> bool:
 
 # Publishing is stricter than parsing: what we create must also be a name the Hub accepts (<= 96 characters in
 # all, no '.git' suffix).
-_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?\Z")
 
 
 def validate_repo_id(repo_id: str) -> tuple[str, str]:

@@ -74,7 +74,7 @@ BUILD_FILE = "build.toml"
 _GENERAL_KEYS = {"name", "edition", "version", "license", "backends", "python-depends", "upstream", "source"}
 _TORCH_KEYS = {"src", "include", "pyext", "cxx-flags", "minver", "maxver", "stable-abi"}
 # Compute capability as kernels.archs parses it: MAJOR.MINOR, optional a/f suffix, optional +PTX.
-_CAPABILITY = re.compile(r"^\d+\.\d+[af]?(\+PTX)?$")
+_CAPABILITY = re.compile(r"^\d+\.\d+[af]?(\+PTX)?\Z")
 _KERNEL_KEYS = {
     "cpu": {"backend", "depends", "src", "include", "cxx-flags"},
     "cuda": {"backend", "depends", "src", "include", "cxx-flags", "cuda-capabilities", "cuda-flags"},

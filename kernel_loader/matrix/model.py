@@ -27,8 +27,8 @@ from .. import _kernels
 
 MATRIX_FILE = "matrix.toml"
 OS = "linux"  # the only OS CI builds for
-_CAPABILITY_RE = re.compile(r"^(\d{1,2})\.(\d)([af]?)(\+PTX)?$")
-_MINOR_RE = re.compile(r"^(\d+)\.(\d+)$")
+_CAPABILITY_RE = re.compile(r"^(\d{1,2})\.(\d)([af]?)(\+PTX)?\Z")
+_MINOR_RE = re.compile(r"^(\d+)\.(\d+)\Z")
 _ARCHS = ("x86_64", "aarch64")
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 _BACKENDS = ("cpu", "cuda")
