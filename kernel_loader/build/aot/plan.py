@@ -41,8 +41,9 @@ def aot_accepts(target):
 
 def _has_triton(python: str) -> str | None:
     try:
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # as the compile step runs it
         proc = subprocess.run([python, "-c", "import triton; print(triton.__version__)"], capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=120, env=env)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
