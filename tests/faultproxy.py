@@ -116,13 +116,15 @@ class FaultProxy:
                 fault = proxy._take(method, self.path)
                 if fault is not None and fault.kind == "status":
                     body = f"injected {fault.code}".encode()
+                    # Logged before answering: the client may finish (and a test read the log) before this
+                    # handler thread runs another line.
+                    proxy._record(LogRow(method, self.path, fault.code, len(body), "status"))
                     self.send_response(fault.code)
                     self.send_header("Content-Length", str(len(body)))
                     self.send_header("Retry-After", "0")
                     self.end_headers()
                     if method != "HEAD":
                         self.wfile.write(body)
-                    proxy._record(LogRow(method, self.path, fault.code, len(body), "status"))
                     return
                 if fault is not None and fault.kind == "serve":
                     self._serve(method, fault)
