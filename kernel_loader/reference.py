@@ -22,6 +22,22 @@ def flash_visibility(sq: int, sk: int, *, causal: bool, window: tuple[int, int] 
     return allowed
 
 
+def flash_visible_pairs(sq: int, sk: int, *, causal: bool, window: tuple[int, int] = (-1, -1)) -> int:
+    """How many (query, key) pairs :func:`flash_visibility` admits, in closed form (no sq x sk matrix): the
+    FLOP count of causal and windowed attention (4 * b * h * pairs * d forward)."""
+    import torch
+
+    left, right = window
+    if causal:
+        right = 0
+    if left < 0 and right < 0:
+        return sq * sk
+    i = torch.arange(sq, dtype=torch.int64) + (sk - sq)
+    lo = torch.zeros_like(i) if left < 0 else (i - left).clamp(min=0)
+    hi = torch.full_like(i, sk - 1) if right < 0 else (i + right).clamp(max=sk - 1)
+    return int((hi - lo + 1).clamp(min=0).sum())
+
+
 def attention_reference(q, k, v, *, causal=False, window=(-1, -1), softcap=0.0, scale=None, return_lse=False):
     """float64 attention with flash_attn semantics. q (B, Sq, Hq, D), k/v (B, Sk, Hk, D); causal aligned
     bottom-right (query i sees keys j <= i + Sk - Sq); rows that see no key give 0 (and lse -inf).

@@ -31,6 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kernel_loader.reference import flash_visible_pairs  # noqa: E402
+
 
 def import_kernel(repo: str, package: str, namespace: str):
     """The kernel's torch-ext package as a top-level module, with an `_ops.py` naming a namespace (no library)."""
@@ -206,17 +208,6 @@ def bench_ms(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
 
-def visible_pairs(sq, sk, causal, window):
-    left, right = window
-    if causal:
-        right = 0
-    if left < 0 and right < 0:
-        return sq * sk
-    i = torch.arange(sq, dtype=torch.int64) + (sk - sq)
-    lo = torch.zeros_like(i) if left < 0 else (i - left).clamp(min=0)
-    hi = torch.full_like(i, sk - 1) if right < 0 else (i + right).clamp(max=sk - 1)
-    return int((hi - lo + 1).clamp(min=0).sum())
-
 
 def bench(fas, results, seqs):
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -234,7 +225,7 @@ def bench(fas, results, seqs):
     rows = []
 
     def run(label, impl, b, s, causal, fwd_fn, window=(-1, -1), do_bwd=True):
-        flops = 4.0 * b * h * d * visible_pairs(s, s, causal, window)
+        flops = 4.0 * b * h * d * flash_visible_pairs(s, s, causal=causal, window=window)
         row = {"impl": label, "seq": s, "batch": b, "causal": causal, "window": list(window)}
         try:
             out = fwd_fn()

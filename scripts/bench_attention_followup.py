@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 import bench_attention as ba  # noqa: E402
+from kernel_loader.reference import flash_visible_pairs  # noqa: E402
 
 VARIANTS = {"plain": dict(raw_max=False, lazy_rescale=False), "raw_max": dict(raw_max=True, lazy_rescale=False),
             "lazy": dict(raw_max=True, lazy_rescale=True)}
@@ -71,7 +72,7 @@ def inputs(shape, grad=False, seed=0):
 
 def flops(shape):
     b, s, hq, hk, d, causal, window = SHAPES[shape]
-    return 4.0 * b * hq * d * ba.visible_pairs(s, s, causal, window)
+    return 4.0 * b * hq * d * flash_visible_pairs(s, s, causal=causal, window=window)
 
 
 def call(fa, shape, q, k, v):

@@ -26,3 +26,17 @@ def test_masked_attention_matches_float64(causal, window, softcap, sq, sk, hq, h
                            causal=causal, window=window, softcap=softcap, key_padding=pad).transpose(1, 2)
     assert not out.isnan().any()
     torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=2e-5)
+
+
+def test_flash_visible_pairs_counts_what_the_visibility_mask_admits():
+    """The benchmarks' FLOP count (closed form) against the mask the reference attention uses, on random shapes."""
+    import random
+
+    from kernel_loader.reference import flash_visibility, flash_visible_pairs
+
+    rng = random.Random(7)
+    for _ in range(200):
+        sq, sk = rng.randint(1, 48), rng.randint(1, 48)
+        causal, window = rng.random() < 0.5, (rng.randint(-1, 12), rng.randint(-1, 12))
+        want = int(flash_visibility(sq, sk, causal=causal, window=window).sum())
+        assert flash_visible_pairs(sq, sk, causal=causal, window=window) == want, (sq, sk, causal, window)

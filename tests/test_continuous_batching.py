@@ -19,6 +19,7 @@ import torch
 pytest.importorskip("transformers")
 
 from noarch_variant import build_noarch  # noqa: E402
+from tiny_kernels import count_module_calls  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGED_REPO = "kernels-community/paged-attention"
@@ -80,19 +81,6 @@ def _greedy_batch(model, prompts, attn, max_new_tokens=12):
     return {i: out[k].generated_tokens for i, k in enumerate(sorted(out, key=lambda r: int(r.split("_")[-1])))}
 
 
-def _count_module_calls(module, names):
-    """Wrap the kernel module's Python entry points (the adapters look them up on the module at call time)."""
-    counts = dict.fromkeys(names, 0)
-    for n in names:
-        real = getattr(module, n)
-
-        def wrapped(*a, _real=real, _n=n, **k):
-            counts[_n] += 1
-            return _real(*a, **k)
-
-        setattr(module, n, wrapped)
-    return counts
-
 
 def test_paged_kernel_greedy_equals_sdpa(hooked, paged_repo):
     import kernel_loader
@@ -102,7 +90,7 @@ def test_paged_kernel_greedy_equals_sdpa(hooked, paged_repo):
     ref = _greedy_batch(model, prompts, "sdpa")
     loaded = kernel_loader.load(PAGED_REPO)
     assert loaded.ok and loaded.variant == "torch-cpu", loaded.fallback
-    counts = _count_module_calls(loaded.module, ["reshape_and_cache_flash", "paged_attention_varlen"])
+    counts = count_module_calls(loaded.module, ["reshape_and_cache_flash", "paged_attention_varlen"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ours = _greedy_batch(model, prompts, f"paged|{PAGED_REPO}")
@@ -122,7 +110,7 @@ def test_flash_kernel_greedy_equals_sdpa(hooked, published_flash_attn2):
     ref = _greedy_batch(model, prompts, "sdpa")
     loaded = kernel_loader.load(published_flash_attn2)
     assert loaded.ok and loaded.fallback is None, loaded.fallback
-    counts = _count_module_calls(loaded.module, ["flash_attn_varlen_func"])
+    counts = count_module_calls(loaded.module, ["flash_attn_varlen_func"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         ours = _greedy_batch(model, prompts, published_flash_attn2)

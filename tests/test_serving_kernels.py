@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from noarch_variant import build_noarch
+from tiny_kernels import count_module_calls
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGED_REPO = "kernels-community/paged-attention"
@@ -43,18 +44,6 @@ def hooked(published_serving_kernels):
     transformers_hook.disable()
     api.clear_cache()
 
-
-def _count_calls(module, names):
-    counts = dict.fromkeys(names, 0)
-    for n in names:
-        real = getattr(module, n)
-
-        def wrapped(*a, _real=real, _n=n, **k):
-            counts[_n] += 1
-            return _real(*a, **k)
-
-        setattr(module, n, wrapped)
-    return counts
 
 
 def _tiny_llama(seed=0):
@@ -127,7 +116,7 @@ def test_mistral_sliding_window_greedy_equals_sdpa(hooked, dtype):
         ref_logits = model(ids).logits
     loaded = kernel_loader.load(SLIDING_REPO)
     assert loaded.ok and loaded.variant == "torch-cpu"
-    counts = _count_calls(loaded.module._torch_impl, ["prefill"])  # the kernel's CPU path itself
+    counts = count_module_calls(loaded.module._torch_impl, ["prefill"])  # the kernel's CPU path itself
     model.set_attn_implementation(SLIDING_REPO)
     with torch.no_grad():
         ours = model.generate(ids, max_new_tokens=16, do_sample=False)

@@ -72,3 +72,18 @@ def make_tiny_kernel(
     Metadata.from_bytes(raw)  # fail here, not in the test, if the format drifts
     (vdir / "metadata.json").write_bytes(raw)
     return vdir
+
+
+def count_module_calls(module, names) -> dict[str, int]:
+    """Wrap ``module``'s Python entry points ``names`` (adapters look them up on the module at call time) and
+    return the live call counts."""
+    counts = dict.fromkeys(names, 0)
+    for n in names:
+        real = getattr(module, n)
+
+        def wrapped(*a, _real=real, _n=n, **k):
+            counts[_n] += 1
+            return _real(*a, **k)
+
+        setattr(module, n, wrapped)
+    return counts

@@ -30,9 +30,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "torch-ext"))
+sys.path.insert(0, str(HERE.parents[2]))  # the checkout: kernel_loader.reference (float64, flash semantics)
 os.environ.pop("TRITON_INTERPRET", None)  # Gluon kernels do not run under Triton's interpreter
 
 import torch  # noqa: E402
+
+from kernel_loader.reference import attention_reference, flash_visible_pairs  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", HERE / "out"))
 LOG = OUT / "gpu_gluon.log"
@@ -164,28 +167,9 @@ def compile_all(results: dict):
 
 
 # -------------------------------------------------------------------------------------------- 2. check
-def reference(q, k, v, scale, causal, window):
-    """float64 attention, flash_attn semantics (bottom-right alignment); rows that see nothing: out 0, lse -inf."""
-    b, sq, hq, d = q.shape
-    sk, hk = k.shape[1], k.shape[2]
-    qf, kf, vf = (t.double().transpose(1, 2) for t in (q, k, v))
-    kf = kf.repeat_interleave(hq // hk, dim=1)
-    vf = vf.repeat_interleave(hq // hk, dim=1)
-    s = qf @ kf.transpose(-1, -2) * scale
-    left, right = window
-    if causal:
-        right = 0
-    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    j = torch.arange(sk, device=q.device)[None, :]
-    ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if left >= 0:
-        ok &= j >= i - left
-    if right >= 0:
-        ok &= j <= i + right
-    s = s.masked_fill(~ok, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    return (p @ vf).transpose(1, 2), lse
+def reference(q, k, v, scale, causal, window, softcap=0.0):
+    """float64 (out, lse), flash_attn semantics: kernel_loader.reference, the package's one reference."""
+    return attention_reference(q, k, v, causal=causal, window=window, softcap=softcap, scale=scale, return_lse=True)
 
 
 CASES = [  # (name, B, Sq, Sk, Hq, Hk, D, dtype, causal, window)
@@ -249,7 +233,7 @@ def check_interface() -> list:
             out, lse = flash_attn3.flash_attn_func(q, k, v, return_attn_probs=True, **kw)
             torch.cuda.synchronize()
             if "softcap" in kw:
-                ref_o, ref_lse = _softcap_reference(q, k, v, kw["softcap"])
+                ref_o, ref_lse = reference(q, k, v, q.shape[-1] ** -0.5, True, (-1, -1), kw["softcap"])
             else:
                 ref_o, ref_lse = reference(q, k, v, 128 ** -0.5, True, (-1, -1))
             r = compare(out, lse, ref_o, ref_lse, "bf16")
@@ -286,18 +270,6 @@ def check_interface() -> list:
         rows.append({"case": "interface: (B,H,S,D) strides", "ok": False, "error": err_text(e)})
     return rows
 
-
-def _softcap_reference(q, k, v, cap):
-    d = q.shape[-1]
-    qf, kf, vf = (t.double().transpose(1, 2) for t in (q, k, v))
-    kf = kf.repeat_interleave(q.shape[2] // k.shape[2], 1)
-    vf = vf.repeat_interleave(q.shape[2] // k.shape[2], 1)
-    s = cap * torch.tanh(qf @ kf.transpose(-1, -2) * d ** -0.5 / cap)
-    sq, sk = q.shape[1], k.shape[1]
-    ok = torch.arange(sk, device=q.device)[None] <= torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    s = s.masked_fill(~ok, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    return (torch.softmax(s, -1) @ vf).transpose(1, 2), lse
 
 
 def phase_check(part: Path):
@@ -337,17 +309,6 @@ def bench_ms(fn):
     torch.cuda.synchronize()
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
 
-
-def visible_pairs(sq, sk, causal, window):
-    left, right = window
-    if causal:
-        right = 0
-    if left < 0 and right < 0:
-        return sq * sk
-    i = torch.arange(sq, dtype=torch.int64) + (sk - sq)
-    lo = torch.zeros_like(i) if left < 0 else (i - left).clamp(min=0)
-    hi = torch.full_like(i, sk - 1) if right < 0 else (i + right).clamp(max=sk - 1)
-    return int((hi - lo + 1).clamp(min=0).sum())
 
 
 def phase_bench(part: Path, budget_s: float):
@@ -399,7 +360,7 @@ def phase_bench(part: Path, budget_s: float):
             flex = None
     # headline rows first (the time budget may not reach the ablations)
     for causal in (False, True):
-        shape, pairs = shapes[causal], visible_pairs(s, s, causal, (-1, -1))
+        shape, pairs = shapes[causal], flash_visible_pairs(s, s, causal=causal, window=(-1, -1))
         run(shape, "gluon", lambda: L.forward(q, k, v, scale=scale, causal=causal, window=(-1, -1)), pairs)
         for label, backend in (("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION), ("sdpa_flash", SDPBackend.FLASH_ATTENTION)):
             def f(backend=backend):
@@ -410,7 +371,7 @@ def phase_bench(part: Path, budget_s: float):
                                                 use_tma=True, hopper_tiles=True), pairs)
         if flex is not None:
             run(shape, "flex", lambda: flex(qt, kt, vt, block_mask=masks.get(causal)), pairs)
-    pairs = visible_pairs(s, s, True, win)
+    pairs = flash_visible_pairs(s, s, causal=True, window=win)
     run(sw_shape, "gluon", lambda: L.forward(q, k, v, scale=scale, causal=True, window=win), pairs)
     run(sw_shape, "fa3_tl", lambda: TL.forward(q, k, v, scale=scale, causal=True, window=win, softcap=0.0,
                                                use_tma=True, hopper_tiles=True), pairs)
@@ -426,14 +387,14 @@ def phase_bench(part: Path, budget_s: float):
         return checked.get("ablation " + label + " causal", False)
 
     for causal in (True, False):
-        shape, pairs = shapes[causal], visible_pairs(s, s, causal, (-1, -1))
+        shape, pairs = shapes[causal], flash_visible_pairs(s, s, causal=causal, window=(-1, -1))
         for label, cfg in ablation_variants(causal)[1:]:
             if not verified(label, causal):
                 rows.append({"shape": shape, "impl": f"gluon:{label}", "error": "skipped: not verified in check"})
                 continue
             run(shape, f"gluon:{label}",
                 lambda cfg=cfg: L.forward(q, k, v, scale=scale, causal=causal, window=(-1, -1), cfg=cfg), pairs)
-    pairs = visible_pairs(s, s, True, win)
+    pairs = flash_visible_pairs(s, s, causal=True, window=win)
     for label, cfg in ablation_variants(True, window=True)[1:3]:
         if verified(label, True):
             run(sw_shape, f"gluon:{label}", lambda cfg=cfg: L.forward(q, k, v, scale=scale, causal=True, window=win,

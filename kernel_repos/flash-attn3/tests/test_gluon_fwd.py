@@ -14,6 +14,8 @@ triton = pytest.importorskip("triton")
 from flash_attn3 import _gluon_launch as L  # noqa: E402
 from flash_attn3 import _gluon_op  # noqa: E402
 
+from kernel_loader.reference import attention_reference  # noqa: E402
+
 SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
 TRITON_36 = triton.__version__.startswith("3.6.")
 
@@ -91,25 +93,6 @@ def test_compiles_to_a_warp_specialized_sm90a_cubin(d, causal, tmp_path):
     assert "0 bytes spill stores, 0 bytes spill loads" in r["ptxas"]
 
 
-def _reference(q, k, v, scale, causal, window):
-    b, sq, hq, d = q.shape
-    sk, hk = k.shape[1], k.shape[2]
-    qf, kf, vf = (t.double().transpose(1, 2) for t in (q, k, v))
-    kf, vf = kf.repeat_interleave(hq // hk, 1), vf.repeat_interleave(hq // hk, 1)
-    s = qf @ kf.transpose(-1, -2) * scale
-    left, right = window
-    right = 0 if causal else right
-    i = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
-    j = torch.arange(sk, device=q.device)[None, :]
-    ok = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if left >= 0:
-        ok &= j >= i - left
-    if right >= 0:
-        ok &= j <= i + right
-    s = s.masked_fill(~ok, float("-inf"))
-    lse = torch.logsumexp(s, -1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    return (p @ vf).transpose(1, 2), lse
 
 
 @pytest.mark.skipif(not SM90, reason="needs an sm90 (Hopper) GPU")
@@ -126,7 +109,7 @@ def test_matches_float64_and_writes_every_element(b, sq, sk, hq, hk, d, dtype, c
     k, v = (torch.randn(b, sk, hk, d, device="cuda", dtype=dtype) for _ in range(2))
     out = torch.full_like(q, float("nan"))
     o, lse = L.forward(q, k, v, scale=d ** -0.5, causal=causal, window=window, out=out)
-    ref_o, ref_lse = _reference(q, k, v, d ** -0.5, causal, window)
+    ref_o, ref_lse = attention_reference(q, k, v, causal=causal, window=window, scale=d ** -0.5, return_lse=True)
     assert torch.isfinite(o).all()
     assert (o.double() - ref_o).abs().max() < (2.5e-2 if dtype == torch.bfloat16 else 4e-3)
     assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
