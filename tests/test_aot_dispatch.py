@@ -86,6 +86,7 @@ calls = st.fixed_dictionaries({
     "varlen": st.booleans(),
     "kv": st.sampled_from(["none", "contiguous", "paged"]),
     "heads": st.sampled_from([(8, 8), (8, 2), (32, 1)]),
+    "rows": st.sampled_from([1, 2, 16, 17, 128, 4096]),  # query rows: both sides of the short-query tiles
 })
 
 
@@ -95,9 +96,10 @@ def test_every_supported_call_has_a_cubin_on_every_arch(spec_keys, call):
     q = torch.empty(2, 3, call["heads"][0], call["head_dim"], dtype=call["dtype"], device="meta")
     if call["kv"] != "none":  # flash_attn_with_kvcache: dense q over a cache
         mode = dispatch.fwd_mode(False, True, call["kv"] == "paged")
-        needed = [dispatch.fwd_config(q, mode, call["softcap"])]
+        needed = [dispatch.fwd_config(q, mode, call["softcap"], call["rows"])]
     else:
-        needed = [dispatch.fwd_config(q, dispatch.fwd_mode(call["varlen"], False, False), call["softcap"])]
+        needed = [dispatch.fwd_config(q, dispatch.fwd_mode(call["varlen"], False, False), call["softcap"],
+                                      call["rows"])]
         needed += dispatch.bwd_configs(q, call["varlen"], call["softcap"])
     for arch, have in spec_keys.items():
         missing = [k for k in needed if k not in have]

@@ -35,7 +35,7 @@ def aot(flash_attn2, monkeypatch):
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     dispatch = importlib.import_module(f"{flash_attn2.__name__}._aot_dispatch")
-    tiles = small_tiles(("fwd", "bwd_delta", "bwd_dkdv", "bwd_dq"), ("8.0", "9.0", "10.0"))
+    tiles = small_tiles(("fwd", "fwd_short", "bwd_delta", "bwd_dkdv", "bwd_dq"), ("8.0", "9.0", "10.0"))
     return dispatch, InterpreterTable(KERNEL_DIR, flash_attn2.__name__, tiles)
 
 
@@ -124,4 +124,5 @@ def test_kvcache_contiguous_and_paged_with_run_time_page_size(aot, page):
                                      window=(20, -1))
         assert rel(out[i:i + 1], ref) < 2e-3
         torch.testing.assert_close(lse[i].double(), ref_lse[0], atol=1e-4, rtol=1e-4)
-    assert tbl.launched == [f"fwd/{'paged' if page else 'kvcache'}/d64/fp16/nocap"]
+    # two query rows per sequence: the short-query (decode) tiles
+    assert tbl.launched == [f"fwd_short/{'paged' if page else 'kvcache'}/d64/fp16/nocap"]
