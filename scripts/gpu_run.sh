@@ -56,7 +56,7 @@ for s in $steps; do
     decode) step decode 110 python3 scripts/bench_decode.py --out "$WORK/decode" --quick --budget-s 80 ;;
     gluon) [ -f kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ] && \
              step gluon 330 env OUT="$WORK/gluon" python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ;;
-    tiles) step tiles 200 python3 kernel_repos/flash-attn2/benchmarks/tile_sweep.py --out "$WORK/tiles" --budget-s 170 ;;
+    tiles) step tiles 200 python3 kernel_repos/flash-attn2/benchmarks/tile_sweep.py --out "$WORK/tiles" --budget-s ${TILES_BUDGET_S:-170} ${TILES_ARGS:-} ;;
     model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline ${MODEL_DEADLINE_S:-230} \
              $(aot=$(ls -d .gpu/flash-attn2/torch-stable-abi* 2>/dev/null | head -1); [ -n "$aot" ] && echo --kernel-path flash-attn2=$aot) ;;
     *) echo "unknown step '$s' (valid: env check attention decode gluon tiles model)"; exit 2 ;;

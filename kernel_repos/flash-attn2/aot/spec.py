@@ -55,13 +55,15 @@ def _fwd(arch, tiles, mode, d, dtype, softcap, short=False):
                       floats=("qk_scale", "softcap")))
     cex = dict(VARLEN=mode == "varlen", SEQUSED=mode in ("kvcache", "paged"), PAGED=mode == "paged", PAGE=0,
                HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=softcap, USE_TMA=False, HEAD_DIM=d,
-               HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()), BLOCK_M=t["block_m"], BLOCK_N=t["block_n"])
+               HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()), BLOCK_M=t["block_m"], BLOCK_N=t["block_n"],
+               PACK_GQA=short)
     for c in cex:
         sig[c] = "constexpr"
     return dict(key=keys.fwd_key(mode, d, dtype, softcap, short), kernel="_triton_fwd:attn_fwd_kernel", signature=_full(sig, "_triton_fwd:attn_fwd_kernel"),
                 constexprs=cex, divisible=[*FWD_IO, "LSE", "CU_Q", "CU_K", "SEQUSED_K", "BLOCK_TABLE", *FWD_STRIDES_16],
                 num_warps=t["num_warps"], num_stages=t["num_stages"],
-                grid=[[["seqlen_q_max"], "BLOCK_M"], [["batch", "n_heads"], None]])
+                grid=[[["seqlen_q_max", "group"], "BLOCK_M"], [["batch", "n_heads_k"], None]] if short else
+                [[["seqlen_q_max"], "BLOCK_M"], [["batch", "n_heads"], None]])
 
 
 def _bwd(arch, tiles, kernel, mode, d, dtype, softcap):

@@ -72,7 +72,8 @@ def launch(cfg, q, k, v, out, lse, causal: bool):
     b, sq, hq, d = q.shape
     sk, hk = k.shape[1], k.shape[2]
     wide = sq + sk + 1
-    grid = (triton_cdiv(sq, cfg["block_m"]), b * hq)
+    pack = sq <= 16  # the short-query (decode) cubins pack a KV head's query heads into the tile rows
+    grid = (triton_cdiv(sq * (hq // hk), cfg["block_m"]), b * hk) if pack else (triton_cdiv(sq, cfg["block_m"]), b * hq)
     dummy = lse
     fwd.attn_fwd_kernel[grid](
         q, k, v, out, lse, dummy, dummy, dummy, dummy,
@@ -82,7 +83,7 @@ def launch(cfg, q, k, v, out, lse, causal: bool):
         sq, sk, hq, hq // hk, b, d ** -0.5 * fwd.LOG2E, 0.0, wide, 0 if causal else wide, 0, 1,
         VARLEN=False, SEQUSED=False, PAGED=False, PAGE=0, HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=False,
         USE_TMA=False, HEAD_DIM=d, HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()),
-        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], PACK_GQA=pack, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
 def triton_cdiv(a, b):
@@ -110,7 +111,8 @@ def sweep(args) -> dict:
     t_start = time.monotonic()
     rows = []
     fams = args.families.split(",")
-    for phase, shapes in (("prefill", PREFILL), ("decode", DECODE)):
+    for phase in args.phases.split(","):
+        shapes = {"prefill": PREFILL, "decode": DECODE}[phase]
         for fam in fams:
             d = HEAD_DIMS[fam]
             for b, s, hq, hk in shapes:
@@ -183,6 +185,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "tile_sweep_out")))
     ap.add_argument("--budget-s", type=float, default=200.0, help="stop starting new shapes after this")
     ap.add_argument("--families", default="small,mid", help="comma list of small (d64), mid (d128), big (d256)")
+    ap.add_argument("--phases", default="prefill,decode", help="comma list, in order: prefill, decode")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: tile_sweep needs a CUDA GPU (it times the Triton kernel there)", file=sys.stderr)

@@ -78,6 +78,28 @@ def test_dense_forward_and_backward(aot, case):
                             f"bwd_dkdv/dense/d{d}/fp16/{cap}", f"bwd_dq/dense/d{d}/fp16/{cap}"]
 
 
+@pytest.mark.parametrize("case", [
+    (3, 1, 70, 8, 2, 64, True, (-1, -1), 0.0),       # decode, group 4
+    (2, 16, 40, 6, 2, 96, True, (9, -1), 5.0),       # 16 rows (the last short size), window + softcap, group 3
+    (1, 17, 40, 4, 1, 64, True, (-1, -1), 0.0),      # 17 rows: the prefill tiles again
+    (2, 5, 3, 4, 4, 64, False, (2, 1), 0.0),         # Sq > Sk with both windows: rows that see nothing, no GQA
+], ids=lambda c: f"b{c[0]}-{c[1]}x{c[2]}-h{c[3]}/{c[4]}-d{c[5]}")
+def test_short_queries_pack_the_query_heads_of_a_kv_head(aot, case):
+    """Short queries (decode) run tiles whose rows are (query position, query head of the KV head's group)."""
+    dispatch, tbl = aot
+    torch.manual_seed(sum(case[:6]))
+    b, sq, sk, hq, hk, d, causal, window, softcap = case
+    q, k, v = rand(b, sq, hq, d), rand(b, sk, hk, d), rand(b, sk, hk, d)
+    out, lse = dispatch.forward(tbl, q, k, v, scale=d ** -0.5, causal=causal, window=window, softcap=softcap)
+    ref, ref_lse = attention_ref(q.double(), k.double(), v.double(), causal=causal, window=window, softcap=softcap)
+    assert rel(out, ref) < 2e-3
+    seen = torch.isfinite(ref_lse)
+    torch.testing.assert_close(lse[seen].double(), ref_lse[seen], atol=1e-4, rtol=1e-4)
+    assert (lse[~seen] == float("-inf")).all() and (out.double()[~seen.transpose(1, 2)] == 0).all()
+    cap = "softcap" if softcap else "nocap"
+    assert tbl.launched == [f"fwd{'_short' if sq <= 16 else ''}/dense/d{d}/fp16/{cap}"]
+
+
 def test_varlen_forward_and_backward(aot):
     dispatch, tbl = aot
     torch.manual_seed(3)

@@ -132,6 +132,7 @@ def forward(tbl, q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=Non
         "seqlen_q_max": sq_, "seqlen_k_max": sk_, "n_heads": hq, "group": hq // hk, "batch": batch,
         "qk_scale": _fwd_scale(scale, softcap), "softcap": softcap, "left": left, "right": right,
         "seq_bucket": 0, "page_size": k.shape[1] if paged else 1,
+        "n_heads_k": hk,  # grid only (short queries: one program per KV head, its query heads packed in rows)
     }
     tbl.launch(entry, q.device.index, args)
     return out, lse

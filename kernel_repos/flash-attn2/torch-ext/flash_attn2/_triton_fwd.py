@@ -38,8 +38,14 @@ def _band(start_m, seqlen_q, seqlen_k, left, right,
           HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """Key-block bounds for query rows [start_m, start_m + BLOCK_M): (lo, full_lo, full_hi, hi), multiples of
     BLOCK_N (hi excepted). [lo, hi) holds every visible key; [full_lo, full_hi) blocks need no mask."""
+    return _band_rows(start_m, start_m + BLOCK_M - 1, seqlen_q, seqlen_k, left, right, HAS_LEFT, HAS_RIGHT, BLOCK_N)
+
+
+@triton.jit
+def _band_rows(start_m, last_m, seqlen_q, seqlen_k, left, right,
+               HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """_band for the query positions start_m..last_m (a packed-GQA tile covers fewer positions than rows)."""
     off = seqlen_k - seqlen_q
-    last_m = start_m + BLOCK_M - 1
     lo = 0
     full_lo = 0
     hi = seqlen_k
@@ -133,16 +139,26 @@ def attn_fwd_kernel(
     VARLEN: tl.constexpr, SEQUSED: tl.constexpr, PAGED: tl.constexpr, PAGE: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, USE_TMA: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    PACK_GQA: tl.constexpr,
 ):
+    # PACK_GQA (short queries: decode): one program per (sequence, KV head) whose tile rows are the GROUP query
+    # heads sharing that KV head times the query positions (row r: position r // group, head h_kv * group +
+    # r % group), so each KV head's keys are streamed once, not once per query head. Grid: (cdiv(seqlen_q_max *
+    # group, BLOCK_M), batch * n_heads // group).
     # seq_bucket only feeds the autotune key (one tuning per power-of-two length).
     EVEN_D: tl.constexpr = HEAD_DIM == HEAD_DIM_P
     n_m = tl.num_programs(0)
     # Heaviest query blocks first (causal: the last rows see the most keys), which shortens the tail.
     pid_m = n_m - 1 - tl.program_id(0)
     pid_bh = tl.program_id(1)
-    b = pid_bh // n_heads
-    h = pid_bh % n_heads
-    h_kv = h // group
+    if PACK_GQA:
+        b = pid_bh // (n_heads // group)
+        h_kv = pid_bh % (n_heads // group)
+        h = h_kv * group  # first query head of the group (the rows carry their own, see h_rows)
+    else:
+        b = pid_bh // n_heads
+        h = pid_bh % n_heads
+        h_kv = h // group
     if VARLEN:
         q_start = tl.load(CU_Q + b)
         seqlen_q = tl.load(CU_Q + b + 1) - q_start
@@ -156,15 +172,29 @@ def attn_fwd_kernel(
     if SEQUSED:
         seqlen_k = tl.load(SEQUSED_K + b)
     start_m = pid_m * BLOCK_M
-    if start_m >= seqlen_q:
-        return
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_r = start_m + tl.arange(0, BLOCK_M)
+    if PACK_GQA:
+        if start_m >= seqlen_q * group:
+            return
+        offs_m = offs_r // group  # query position of each row
+        h_rows = h + offs_r % group  # query head of each row
+        row_ok = offs_r < seqlen_q * group
+        first_m = start_m // group
+        last_m = (start_m + BLOCK_M - 1) // group
+    else:
+        if start_m >= seqlen_q:
+            return
+        offs_m = offs_r
+        h_rows = h + tl.zeros([BLOCK_M], dtype=tl.int32)
+        row_ok = offs_m < seqlen_q
+        first_m = start_m
+        last_m = start_m + BLOCK_M - 1
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM_P)
     b64 = b.to(tl.int64)
-    q_ptrs = (Q + b64 * stride_qb + h.to(tl.int64) * stride_qh
+    q_ptrs = (Q + b64 * stride_qb + h_rows.to(tl.int64)[:, None] * stride_qh
               + (q_start + offs_m).to(tl.int64)[:, None] * stride_qm + offs_d[None, :])
-    q_mask = offs_m[:, None] < seqlen_q
+    q_mask = row_ok[:, None]
     if not EVEN_D:
         q_mask = q_mask & (offs_d[None, :] < HEAD_DIM)
     k_desc = 0
@@ -192,8 +222,8 @@ def attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM_P], dtype=tl.float32)
-    lo, full_lo, full_hi, hi = _band(start_m, seqlen_q, seqlen_k, left, right, HAS_LEFT, HAS_RIGHT,
-                                     BLOCK_M, BLOCK_N)
+    lo, full_lo, full_hi, hi = _band_rows(first_m, last_m, seqlen_q, seqlen_k, left, right, HAS_LEFT, HAS_RIGHT,
+                                          BLOCK_N)
     acc, m_i, l_i = _attn_blocks(acc, m_i, l_i, q, k_base, v_base, k_desc, v_desc, lo, full_lo, offs_m, offs_n,
                                  offs_d, seqlen_q, seqlen_k, stride_kn, stride_vn, bt_row, stride_kpage,
                                  stride_vpage, b, h_kv, 0, qk_scale, softcap, left, right, page_size, True, HAS_LEFT,
@@ -211,11 +241,11 @@ def attn_fwd_kernel(
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.log2(l_safe)) * 0.6931471805599453)
-    o_ptrs = (O + b64 * stride_ob + h.to(tl.int64) * stride_oh
+    o_ptrs = (O + b64 * stride_ob + h_rows.to(tl.int64)[:, None] * stride_oh
               + (q_start + offs_m).to(tl.int64)[:, None] * stride_om + offs_d[None, :])
     tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_mask)
-    lse_ptrs = LSE + b64 * stride_lb + h.to(tl.int64) * stride_lh + q_start + offs_m
-    tl.store(lse_ptrs, lse, mask=offs_m < seqlen_q)
+    lse_ptrs = LSE + b64 * stride_lb + h_rows.to(tl.int64) * stride_lh + q_start + offs_m
+    tl.store(lse_ptrs, lse, mask=row_ok)
 
 
 def family(head_dim: int) -> str:
@@ -258,7 +288,7 @@ def _prune(configs, named_args, **kwargs):
     return out
 
 
-_KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "seq_bucket"]
+_KEY = ["HEAD_DIM", "VARLEN", "SEQUSED", "PAGED", "HAS_LEFT", "HAS_RIGHT", "SOFTCAP", "USE_TMA", "PACK_GQA", "seq_bucket"]
 _tuned = {}
 
 

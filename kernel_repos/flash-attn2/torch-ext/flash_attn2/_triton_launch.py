@@ -9,6 +9,7 @@ import triton
 
 from . import _triton_bwd as bwd
 from . import _triton_fwd as fwd
+from ._aot_keys import SHORT_Q
 
 _allocator_set = False
 
@@ -78,7 +79,8 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
         ls = (lse.stride(0), lse.stride(1))
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    use_tma = bool(use_tma and not varlen and not paged and seqused_k is None and _tma_ok(q, k, v))
+    pack = sq_ <= SHORT_Q  # decode-like: the query heads of a KV head share one tile (see attn_fwd_kernel)
+    use_tma = bool(use_tma and not pack and not varlen and not paged and seqused_k is None and _tma_ok(q, k, v))
     if use_tma:
         _ensure_allocator()
     dummy = cu_q if varlen else lse  # never read when its flag is off
@@ -87,6 +89,8 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
     softcap = float(softcap)
 
     def grid(meta):
+        if pack:
+            return (triton.cdiv(sq_ * (hq // hk), meta["BLOCK_M"]), batch * hk)
         return (triton.cdiv(sq_, meta["BLOCK_M"]), batch * hq)
 
     kernel[grid](
@@ -99,7 +103,7 @@ def forward(q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=None, ma
         (softcap and 1.0 / softcap * scale) or scale * fwd.LOG2E, softcap, left, right, _bucket(sk_), page,
         VARLEN=varlen, SEQUSED=seqused_k is not None, PAGED=paged, PAGE=page,
         HAS_LEFT=has_left, HAS_RIGHT=has_right, SOFTCAP=softcap > 0, USE_TMA=use_tma,
-        HEAD_DIM=d, HEAD_DIM_P=_head_dim_p(d),
+        HEAD_DIM=d, HEAD_DIM_P=_head_dim_p(d), PACK_GQA=pack,
     )
     return out, lse
 
