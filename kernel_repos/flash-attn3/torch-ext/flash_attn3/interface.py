@@ -1,11 +1,17 @@
-"""FA3's flash_attn_interface on the shared Triton kernels, Hopper tiles and TMA loads switched on."""
+"""FA3's flash_attn_interface on the shared Triton kernels, Hopper tiles and TMA loads switched on.
+
+CUDA calls run the precompiled sm_90 cubins of an AOT variant (torch-stable-abi210-cuXYZ: no Triton, no JIT; the
+dense forward loads through TMA descriptors the kernel builds on the device) or, in the noarch ``torch-cuda``
+variant, Triton JIT with the Gluon warp-specialized dense forward. ``FLASH_ATTN2_CUDA_IMPL=auto|aot|triton`` (the
+shared _custom_ops.py) forces one.
+"""
 
 import os
 from typing import Optional
 
 import torch
 
-from . import _checks, _custom_ops, _gluon_op, _kvcache
+from . import _aot_dispatch, _checks, _custom_ops, _gluon_op, _kvcache
 
 try:
     from ._ops import ops
@@ -13,17 +19,19 @@ except ImportError:
     ops = None
 
 SUPPORTED = {
-    "devices": ("cuda",) if _custom_ops.triton_available() else (),
+    # CUDA: the variant's cubins, or the Triton kernels it ships (noarch) with a Triton installed.
+    "devices": ("cuda",) if _aot_dispatch.table(ops) is not None or _custom_ops.triton_shipped() else (),
     "dtypes": _checks.GPU_DTYPES,
     "head_dims": _checks.GPU_HEAD_DIMS,
     "backward": True,
 }
 
-# No compiled ops in this package: the custom ops run Triton on CUDA tensors (and, for tests, on CPU tensors
-# under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton).
-_OPS = _custom_ops.register(__name__, None, hopper_tiles=True)
-# Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py).
-_DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd)
+# The custom ops run the AOT variant's cubins (``ops``: the launcher) or Triton on CUDA tensors (and, for tests,
+# Triton on CPU tensors under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton). No CPU kernel.
+_OPS = _custom_ops.register(__name__, ops, hopper_tiles=True)
+# Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py). A
+# precompiled variant ships no Gluon kernel: its dense calls go straight to _OPS.fwd (no second op layer).
+_DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd) if _gluon_op.shipped() else _OPS.fwd
 
 
 def _device_ok(who: str, q: torch.Tensor):
