@@ -149,7 +149,11 @@ def fwd_cases():
             cases.append(dict(d=d, dtype=dt, b=2, sq=197, sk=197, hq=4, hk=2, causal=True))
     extra = [dict(causal=False), dict(causal=False, sq=64, sk=300), dict(causal=True, sq=77, sk=250),
              dict(window=(48, 16)), dict(window=(32, -1), causal=True), dict(softcap=30.0, causal=True),
-             dict(softcap=20.0, window=(64, 0)), dict(hq=8, hk=1, causal=True), dict(sq=1, sk=513, causal=True)]
+             dict(softcap=20.0, window=(64, 0)), dict(hq=8, hk=1, causal=True), dict(sq=1, sk=513, causal=True),
+             # short queries (<= 16 rows: the decode tiles), both sides of the boundary, every head-dim family
+             dict(sq=16, sk=300, causal=True, d=64), dict(sq=17, sk=300, causal=True, d=64),
+             dict(sq=1, sk=1000, d=256, dtype=torch.float16), dict(sq=4, sk=700, softcap=30.0, window=(100, 0), d=96),
+             dict(sq=1, sk=4099, hq=32, hk=8, d=64)]
     for e in extra:
         cases.append({**dict(d=128, dtype=torch.bfloat16, b=2, sq=160, sk=160, hq=4, hk=2, causal=False), **e})
     return cases
@@ -337,6 +341,19 @@ def host_us(fn, iters=200) -> float:
     return (t1 - t0) / iters * 1e6
 
 
+def submit_us(fn, iters=100) -> float:
+    """Host time of one call with an idle GPU queue (median): what the Python path and the launch cost, apart from
+    the kernel's own time (host_us over back-to-back calls is bounded by whichever of the two is slower)."""
+    times = []
+    for _ in range(iters):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2] * 1e6
+
+
 def timings(mods: dict, device, sdpa: bool = True) -> list[dict]:
     rows = []
     torch.manual_seed(0)
@@ -355,7 +372,10 @@ def timings(mods: dict, device, sdpa: bool = True) -> list[dict]:
         dense_decode = host_us(lambda: fa.flash_attn_func(q1, kc, vc, causal=True))
         prefill = host_us(lambda: fa.flash_attn_func(qp, kp, vp, causal=True))
         rows.append({"impl": label, "decode_us": round(decode, 1), "decode_dense_us": round(dense_decode, 1),
-                     "prefill128_us": round(prefill, 1)})
+                     "prefill128_us": round(prefill, 1),
+                     "submit_decode_us": round(submit_us(lambda: fa.flash_attn_with_kvcache(
+                         q1, kc, vc, cache_seqlens=lens, causal=True)), 1),
+                     "submit_dense_decode_us": round(submit_us(lambda: fa.flash_attn_func(q1, kc, vc, causal=True)), 1)})
     if not sdpa:
         return rows
     sq, sk, sv = (t.transpose(1, 2) for t in (qp, kp, vp))
@@ -364,8 +384,9 @@ def timings(mods: dict, device, sdpa: bool = True) -> list[dict]:
     kq = q1.transpose(1, 2)
     kk, kv = kc.transpose(1, 2), vc.transpose(1, 2)
     sdpa_dec = host_us(lambda: torch.nn.functional.scaled_dot_product_attention(kq, kk, kv, enable_gqa=True))
+    sub = round(submit_us(lambda: torch.nn.functional.scaled_dot_product_attention(kq, kk, kv, enable_gqa=True)), 1)
     rows.append({"impl": "sdpa", "decode_us": round(sdpa_dec, 1), "decode_dense_us": round(sdpa_dec, 1),
-                 "prefill128_us": round(sdpa, 1)})
+                 "prefill128_us": round(sdpa, 1), "submit_decode_us": sub, "submit_dense_decode_us": sub})
     return rows
 
 
@@ -719,7 +740,7 @@ def summary(result: dict) -> str:
         s[0] += r["ok"]
         s[1] += 1
     lines.append(f"  {'impl':<50} {'correct':>9} {'kvdec us':>9} {'dec us':>7} {'prefill us':>11} "
-                 f"{'1st call s':>11} {'graph':>6} {'compile':>8}")
+                 f"{'host kvdec':>10} {'host dec':>9} {'1st call s':>11} {'graph':>6} {'compile':>8}")
     timing = {r["impl"]: r for r in result["timing"]}
     first = {r["impl"]: r for r in result["first_call"]}
     graph = {}
@@ -731,7 +752,8 @@ def summary(result: dict) -> str:
         c = by.get(impl)
         lines.append(f"  {impl:<50} {f'{c[0]}/{c[1]}' if c else '-':>9} {t.get('decode_us', '-'):>9} "
                      f"{t.get('decode_dense_us', '-'):>7} "
-                     f"{t.get('prefill128_us', '-'):>11} {first.get(impl, {}).get('first_call_s', '-'):>11} "
+                     f"{t.get('prefill128_us', '-'):>11} {t.get('submit_decode_us', '-'):>10} "
+                     f"{t.get('submit_dense_decode_us', '-'):>9} {first.get(impl, {}).get('first_call_s', '-'):>11} "
                      f"{str(graph.get(impl, {}).get('ok', '-')):>6} {str(comp.get(impl, {}).get('ok', '-')):>8}")
     return "\n".join(lines)
 

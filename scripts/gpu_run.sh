@@ -3,7 +3,7 @@
 # kernel-level anchors, the Hopper Gluon forward and model-level A/B against sdpa, each step under its own time
 # limit so one failing step never costs the others. Everything it writes lands in one archive under $OUT.
 #
-#   scripts/gpu_run.sh [STEP ...]      steps: env check attention decode gluon model (default: all)
+#   scripts/gpu_run.sh [STEP ...]      steps: env check attention decode gluon tiles model (default: all but tiles)
 #   GPU_RUN_BUDGET_S=540               seconds for the whole run (steps past it are skipped and say so)
 #
 # One device call holds at most 10 minutes, so the full run is two calls:
@@ -56,8 +56,10 @@ for s in $steps; do
     decode) step decode 110 python3 scripts/bench_decode.py --out "$WORK/decode" --quick --budget-s 80 ;;
     gluon) [ -f kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ] && \
              step gluon 330 env OUT="$WORK/gluon" python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ;;
-    model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline 230 ;;
-    *) echo "unknown step '$s' (valid: env check attention decode gluon model)"; exit 2 ;;
+    tiles) step tiles 200 python3 kernel_repos/flash-attn2/benchmarks/tile_sweep.py --out "$WORK/tiles" --budget-s 170 ;;
+    model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline ${MODEL_DEADLINE_S:-230} \
+             $(aot=$(ls -d .gpu/flash-attn2/torch-stable-abi* 2>/dev/null | head -1); [ -n "$aot" ] && echo --kernel-path flash-attn2=$aot) ;;
+    *) echo "unknown step '$s' (valid: env check attention decode gluon tiles model)"; exit 2 ;;
   esac
 done
 

@@ -99,14 +99,15 @@ def test_dispatch_space_is_what_supported_admits_on_cuda(repo):
 
 
 def test_every_kernel_arch_and_family_has_a_tile_config(repo):
-    for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+    for kernel in ("fwd", "fwd_short", "bwd_dkdv", "bwd_dq"):
         for arch in repo.aot.archs:
             for fam in ("small", "mid", "big"):
                 t = repo.tiles[kernel][arch][fam]
                 assert t["block_m"] in (16, 32, 64, 128) and t["block_n"] in (16, 32, 64, 128)
                 assert t["num_warps"] in (4, 8) and 1 <= t["num_stages"] <= 4
                 assert set(t) <= {"block_m", "block_n", "num_warps", "num_stages", "tma"}
-                assert "tma" not in t or (kernel == "fwd" and arch in ("9.0", "10.0")), (kernel, arch, fam)
+                # TMA: forward tiles of archs that have it (sm90+)
+                assert "tma" not in t or (kernel.startswith("fwd") and arch in ("9.0", "10.0")), (kernel, arch, fam)
     for arch in repo.aot.archs:
         assert repo.tiles["bwd_delta"][arch]["all"]["block_m"] in (32, 64, 128)
 
@@ -117,7 +118,7 @@ def test_tma_descriptors_only_in_the_dense_forward_of_flash_attn3(repo):
     for arch, cfgs in repo.configurations().items():
         tma = {c["key"] for c in cfgs if c["constexprs"].get("USE_TMA")}
         if repo.kernel_dir.name == "flash-attn3":
-            assert tma == {k for k in repo.keys.fwd_keys() if k.startswith("fwd/dense/")}, arch
+            assert tma == {k for k in repo.keys.fwd_keys() if k.split("/")[1] == "dense"}, arch  # short too
         else:
             assert tma == set(), arch
 
@@ -129,6 +130,7 @@ calls = st.fixed_dictionaries({
     "varlen": st.booleans(),
     "kv": st.sampled_from(["none", "contiguous", "paged"]),
     "heads": st.sampled_from([(8, 8), (8, 2), (32, 1)]),
+    "rows": st.sampled_from([1, 2, 16, 17, 128, 4096]),  # query rows: both sides of the short-query tiles
 })
 
 
@@ -139,9 +141,10 @@ def test_every_supported_call_has_a_cubin_on_every_arch(repo, spec_keys, call):
     q = torch.empty(2, 3, call["heads"][0], call["head_dim"], dtype=call["dtype"], device="meta")
     if call["kv"] != "none":  # flash_attn_with_kvcache: dense q over a cache
         mode = d.fwd_mode(False, True, call["kv"] == "paged")
-        needed = [d.fwd_config(q, mode, call["softcap"])]
+        needed = [d.fwd_config(q, mode, call["softcap"], call["rows"])]
     else:
-        needed = [d.fwd_config(q, d.fwd_mode(call["varlen"], False, False), call["softcap"])]
+        needed = [d.fwd_config(q, d.fwd_mode(call["varlen"], False, False), call["softcap"],
+                                      call["rows"])]
         needed += d.bwd_configs(q, call["varlen"], call["softcap"])
     for arch, have in spec_keys.items():
         missing = [k for k in needed if k not in have]

@@ -56,8 +56,8 @@ class _Sig(dict):
         return "i32"
 
 
-def _fwd(arch, tiles, mode, d, dtype, softcap):
-    t = tiles["fwd"][arch][keys.family(d)]
+def _fwd(arch, tiles, mode, d, dtype, softcap, short=False):
+    t = tiles["fwd_short" if short else "fwd"][arch][keys.family(d)]
     sig = _Sig(_types(FWD_IO, DTYPE[dtype], f32=("LSE",), i32_ptrs=("CU_Q", "CU_K", "SEQUSED_K", "BLOCK_TABLE"),
                       floats=("qk_scale", "softcap")))
     cex = dict(VARLEN=mode == "varlen", SEQUSED=mode in ("kvcache", "paged"), PAGED=mode == "paged", PAGE=0,
@@ -66,7 +66,7 @@ def _fwd(arch, tiles, mode, d, dtype, softcap):
                HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()), BLOCK_M=t["block_m"], BLOCK_N=t["block_n"])
     for c in cex:
         sig[c] = "constexpr"
-    return dict(key=keys.fwd_key(mode, d, dtype, softcap), kernel="_triton_fwd:attn_fwd_kernel", signature=_full(sig, "_triton_fwd:attn_fwd_kernel"),
+    return dict(key=keys.fwd_key(mode, d, dtype, softcap, short), kernel="_triton_fwd:attn_fwd_kernel", signature=_full(sig, "_triton_fwd:attn_fwd_kernel"),
                 constexprs=cex, divisible=[*FWD_IO, "LSE", "CU_Q", "CU_K", "SEQUSED_K", "BLOCK_TABLE", *FWD_STRIDES_16],
                 num_warps=t["num_warps"], num_stages=t["num_stages"],
                 grid=[[["seqlen_q_max"], "BLOCK_M"], [["batch", "n_heads"], None]])
@@ -120,7 +120,7 @@ def configurations(arch: str, tiles: dict, *, kernels=("fwd", "bwd")):
             for d in keys.HEAD_DIMS:
                 for t in keys.DTYPES:
                     for c in (False, True):
-                        out.append(_fwd(arch, tiles, m, d, t, c))
+                        out += [_fwd(arch, tiles, m, d, t, c), _fwd(arch, tiles, m, d, t, c, short=True)]
     if "bwd" in kernels:
         for m in keys.BWD_MODES:
             for d in keys.HEAD_DIMS:

@@ -54,10 +54,11 @@ def _interpreter_tiles(kernel_dir: Path) -> dict:
 
     aot = load_aot_config(kernel_dir)
     real = tomllib.loads(aot.tiles.read_text())
-    tiles = small_tiles(("fwd", "bwd_delta", "bwd_dkdv", "bwd_dq"), aot.archs)
-    for arch, fams in tiles["fwd"].items():
-        for fam, tile in fams.items():
-            tile["tma"] = bool(real["fwd"][arch].get(fam, {}).get("tma"))
+    tiles = small_tiles(("fwd", "fwd_short", "bwd_delta", "bwd_dkdv", "bwd_dq"), aot.archs)
+    for kernel in ("fwd", "fwd_short"):
+        for arch, fams in tiles[kernel].items():
+            for fam, tile in fams.items():
+                tile["tma"] = bool(real[kernel][arch].get(fam, {}).get("tma"))
     return tiles
 
 
@@ -159,5 +160,6 @@ def test_kvcache_contiguous_and_paged_with_run_time_page_size(aot, page):
                                      window=(20, -1))
         assert rel(out[i:i + 1], ref) < 2e-3
         torch.testing.assert_close(lse[i].double(), ref_lse[0], atol=1e-4, rtol=1e-4)
-    assert tbl.launched == [f"fwd/{'paged' if page else 'kvcache'}/d64/fp16/nocap"]
+    # two query rows per sequence: the short-query (decode) tiles
+    assert tbl.launched == [f"fwd_short/{'paged' if page else 'kvcache'}/d64/fp16/nocap"]
     assert tbl.configs[tbl.launched[0]]["constexprs"]["USE_TMA"] is False  # kv caches load with pointers

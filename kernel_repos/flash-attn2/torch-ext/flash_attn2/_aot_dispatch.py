@@ -52,7 +52,7 @@ def _dummy(device) -> torch.Tensor:
 def _fit(t: torch.Tensor, strided: bool = True) -> torch.Tensor:
     """``t`` if its data pointer is 16-byte aligned and (``strided``) every stride but the last is a multiple of
     16 elements, else a contiguous copy (which is: supported head dims are multiples of 16)."""
-    if t.data_ptr() % 16 == 0 and (not strided or all(s % 16 == 0 for s in t.stride()[:-1])):
+    if t.data_ptr() % 16 == 0 and (not strided or not any(s % 16 for s in t.stride()[:-1])):
         return t
     return t.contiguous() if not t.is_contiguous() else t.clone()
 
@@ -74,9 +74,10 @@ def fwd_mode(varlen: bool, seqused_k: bool, paged: bool) -> str:
     return "varlen" if varlen else ("paged" if paged else ("kvcache" if seqused_k else "dense"))
 
 
-def fwd_config(q, mode: str, softcap: float) -> str:
-    """The configuration key of a forward call (what the cubin table must hold for it)."""
-    return keys.fwd_key(mode, q.shape[-1], _DT[q.dtype], softcap > 0)
+def fwd_config(q, mode: str, softcap: float, rows: int) -> str:
+    """The configuration key of a forward call (what the cubin table must hold for it); ``rows``: the longest
+    query sequence (max_seqlen_q, or q's seqlen)."""
+    return keys.fwd_key(mode, q.shape[-1], _DT[q.dtype], softcap > 0, rows <= keys.SHORT_Q)
 
 
 def bwd_configs(q, varlen: bool, softcap: float) -> tuple:
@@ -91,7 +92,8 @@ def forward(tbl, q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=Non
     """-> out (like q), lse float32: dense (B, H, Sq), varlen (H, total_q). Same layouts as _triton_launch."""
     varlen = cu_q is not None
     paged = block_table is not None
-    entry = tbl.entry(fwd_config(q, fwd_mode(varlen, seqused_k is not None, paged), softcap), q.device)
+    rows = int(max_q) if varlen else q.shape[1]
+    entry = tbl.entry(fwd_config(q, fwd_mode(varlen, seqused_k is not None, paged), softcap, rows), q.device)
     q, k, v = _fit(q), _fit(k), _fit(v)
     out = torch.empty_like(q, memory_format=torch.contiguous_format)
     dummy = _dummy(q.device)
@@ -110,11 +112,11 @@ def forward(tbl, q, k, v, *, scale, causal, window, softcap, cu_q=None, cu_k=Non
         hk = k.shape[2]
         sk_ = k.shape[1] if not paged else block_table.shape[1] * k.shape[1]
         lse = torch.empty((batch, hq, sq_), device=q.device, dtype=torch.float32)
-        strides = {"stride_qb": q.stride(0), "stride_qm": q.stride(1), "stride_qh": q.stride(2),
-                   "stride_kb": k.stride(0), "stride_kn": k.stride(1), "stride_kh": k.stride(2),
-                   "stride_vb": v.stride(0), "stride_vn": v.stride(1), "stride_vh": v.stride(2),
-                   "stride_ob": out.stride(0), "stride_om": out.stride(1), "stride_oh": out.stride(2),
-                   "stride_lb": lse.stride(0), "stride_lh": lse.stride(1)}
+        (qb, qm, qh, _), (kb, kn, kh, _), (vb, vn, vh, _) = q.stride(), k.stride(), v.stride()
+        (ob, om, oh, _), (lb, lh, _) = out.stride(), lse.stride()
+        strides = {"stride_qb": qb, "stride_qm": qm, "stride_qh": qh, "stride_kb": kb, "stride_kn": kn,
+                   "stride_kh": kh, "stride_vb": vb, "stride_vn": vn, "stride_vh": vh, "stride_ob": ob,
+                   "stride_om": om, "stride_oh": oh, "stride_lb": lb, "stride_lh": lh}
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
     left, right = _window(causal, window, sq_, sk_)

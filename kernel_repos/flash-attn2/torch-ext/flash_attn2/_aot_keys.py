@@ -8,8 +8,10 @@ changes the instruction mix a lot, and passes the rest at run time:
 - windows and causal: always compiled with both window edges on; an unbounded edge is passed as a window wider
   than any sequence (the block loop bounds and masks then equal the unwindowed kernel's);
 - page size: a run-time int (the JIT compiles one kernel per page size);
-- kept: head dim (64, 96, 128, 256), dtype (fp16, bf16), softcap on/off, and the layout: dense, varlen, kv cache
-  (contiguous, per-sequence lengths) or paged kv cache.
+- kept: head dim (64, 96, 128, 256), dtype (fp16, bf16), softcap on/off, the layout: dense, varlen, kv cache
+  (contiguous, per-sequence lengths) or paged kv cache; and for the forward, short queries (at most SHORT_Q rows
+  per sequence: decode, speculative steps) get their own tiles (``fwd_short`` in tiles.toml): a prefill tile of
+  128 query rows would leave all but one empty at decode.
 """
 
 HEAD_DIMS = (64, 96, 128, 256)
@@ -17,6 +19,7 @@ DTYPES = ("fp16", "bf16")
 FWD_MODES = ("dense", "varlen", "kvcache", "paged")
 BWD_MODES = ("dense", "varlen")
 BWD_KERNELS = ("delta", "dkdv", "dq")
+SHORT_Q = 16  # query rows per sequence up to which a forward call takes the short-query tiles
 
 
 def family(head_dim: int) -> str:
@@ -24,8 +27,8 @@ def family(head_dim: int) -> str:
     return "small" if head_dim <= 64 else ("mid" if head_dim <= 128 else "big")
 
 
-def fwd_key(mode: str, head_dim: int, dtype: str, softcap: bool) -> str:
-    return f"fwd/{mode}/d{head_dim}/{dtype}/{'softcap' if softcap else 'nocap'}"
+def fwd_key(mode: str, head_dim: int, dtype: str, softcap: bool, short: bool = False) -> str:
+    return f"fwd{'_short' if short else ''}/{mode}/d{head_dim}/{dtype}/{'softcap' if softcap else 'nocap'}"
 
 
 def bwd_key(kernel: str, mode: str, head_dim: int, dtype: str, softcap: bool) -> str:
@@ -35,7 +38,8 @@ def bwd_key(kernel: str, mode: str, head_dim: int, dtype: str, softcap: bool) ->
 
 
 def fwd_keys():
-    return [fwd_key(m, d, t, c) for m in FWD_MODES for d in HEAD_DIMS for t in DTYPES for c in (False, True)]
+    return [fwd_key(m, d, t, c, s) for s in (False, True) for m in FWD_MODES for d in HEAD_DIMS for t in DTYPES
+            for c in (False, True)]
 
 
 def bwd_keys():

@@ -1,13 +1,38 @@
 """Input validation for the GPU path: a clear ValueError naming the argument, never a device fault.
 
 Shape/dtype/stride checks are cheap and run on every call (also under torch.compile tracing). Checks that read
-index values (cu_seqlens, cache_seqlens, block_table) need one device->host copy; they run inside the custom
-ops, eagerly, right before the launch.
+index values (cu_seqlens, cache_seqlens, block_table) run inside the ops, eagerly, right before the launch, when
+``values_now`` says so: on CUDA they cost a device->host copy that makes the host wait for the GPU.
 """
 
+import os
 from typing import Iterable
 
 import torch
+
+VALUES_ENV = "FLASH_ATTN2_CHECK_VALUES"
+_values_seen: set = set()
+
+
+def values_now(who: str, device: torch.device) -> bool:
+    """Whether this call reads its index tensors to check them. CPU: always (no sync). CUDA: reading them syncs
+    the device on every call (measured on an H200: a decode step's host time 2-3x, and no CUDA graph capture), so
+    by default only the first call of each entry point per process checks them -- it catches the usual mistakes
+    (lengths instead of offsets, a cache too short); ``FLASH_ATTN2_CHECK_VALUES=1`` checks every call, ``0`` none.
+    Never during graph capture (a sync there invalidates the capture)."""
+    if device.type != "cuda":
+        return True
+    mode = os.environ.get(VALUES_ENV, "first")
+    if mode not in ("first", "0", "1"):
+        raise ValueError(f"{VALUES_ENV}={mode!r}; valid: first (default), 1 (every call), 0 (never)")
+    if mode == "0" or torch.cuda.is_current_stream_capturing():
+        return False
+    if mode == "1":
+        return True
+    if who in _values_seen:
+        return False
+    _values_seen.add(who)
+    return True
 
 GPU_DTYPES = (torch.float16, torch.bfloat16)
 GPU_HEAD_DIMS = (64, 96, 128, 256)
@@ -95,7 +120,8 @@ def varlen(who: str, q, k, v, cu_q, cu_k, dtypes, head_dims):
 
 def cu_values(who: str, cu_q, cu_k, total_q: int, total_k: int, max_q: int, max_k: int):
     """Offsets start at 0, never decrease, end inside the packed tensors; lengths fit max_seqlen (else rows would
-    be skipped silently)."""
+    be skipped silently). -> where cu_seqlens_q ends (packed rows after it get out 0 / lse -inf)."""
+    ends = []
     for n, c, total, mx, mname in (("cu_seqlens_q", cu_q, total_q, max_q, "max_seqlen_q"),
                                    ("cu_seqlens_k", cu_k, total_k, max_k, "max_seqlen_k")):
         vals = c.tolist()
@@ -106,3 +132,5 @@ def cu_values(who: str, cu_q, cu_k, total_q: int, total_k: int, max_q: int, max_
         longest = max((b - a for a, b in zip(vals, vals[1:])), default=0)
         if longest > mx:
             fail(who, f"{n} has a sequence of {longest} tokens but {mname}={mx}; pass the true maximum")
+        ends.append(vals[-1])
+    return ends[0]

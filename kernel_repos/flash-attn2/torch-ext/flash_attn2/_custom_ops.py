@@ -75,9 +75,28 @@ def namespace(package_name: str) -> str:
 
 @dataclass
 class Ops:
+    """The custom ops (what torch.compile, autograd and dispatch modes see) and their plain implementations."""
     fwd: Callable
     varlen_fwd: Callable
     kvcache_fwd: Callable
+    fwd_impl: Optional[Callable] = None
+    varlen_fwd_impl: Optional[Callable] = None
+    kvcache_fwd_impl: Optional[Callable] = None
+
+
+def direct(*tensors) -> bool:
+    """A call may run the implementation without the custom-op dispatcher (about 10 us of host time per call, a
+    third of a decode step's attention launch): plain tensors, nothing traced or transformed, no gradient needed.
+    Anything else (torch.compile, FakeTensor, vmap, dispatch/function modes, autograd) goes through the op."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or \
+            torch._C._is_torch_function_mode_enabled():
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)
+                              or torch._C._functorch.is_functorch_wrapped_tensor(t)):
+            return False
+    return True
 
 
 _AOT = None  # the variant's CubinTable (set by register), None for variants without precompiled kernels
@@ -137,8 +156,7 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
     _AOT = _aot_dispatch.table(ops)  # this package's own cubins (flash-attn3's variants carry their own TMA ones)
 
     # ------------------------------------------------------------------------------------------- dense
-    @torch.library.custom_op(f"{ns}::fwd", mutates_args=())
-    def fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window_left: int,
+    def fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window_left: int,
             window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
         if _use_aot(q.device):
             return _aot_dispatch.forward(_AOT, q, k, v, scale=scale, causal=causal,
@@ -149,6 +167,8 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
                                      softcap=softcap, use_tma=hopper, hopper_tiles=hopper)
         _need_compiled_cpu(ops)
         return ops.fwd(q, k, v, scale, causal, window_left, window_right, softcap, True)
+
+    fwd = torch.library.custom_op(f"{ns}::fwd", mutates_args=())(fwd_impl)
 
     @fwd.register_fake
     def _(q, k, v, scale, causal, window_left, window_right, softcap):
@@ -184,12 +204,13 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
     fwd.register_autograd(fwd_backward, setup_context=fwd_setup)
 
     # ------------------------------------------------------------------------------------------ varlen
-    @torch.library.custom_op(f"{ns}::varlen_fwd", mutates_args=())
-    def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+    def varlen_fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
                    max_q: int, max_k: int, scale: float, causal: bool, window_left: int, window_right: int,
                    softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
-        from ._checks import cu_values
-        cu_values("flash_attn_varlen_func", cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
+        from ._checks import cu_values, values_now
+        end = None
+        if values_now("flash_attn_varlen_func", q.device):
+            end = cu_values("flash_attn_varlen_func", cu_q, cu_k, q.shape[0], k.shape[0], max_q, max_k)
         window = (window_left, window_right)
         if _use_aot(q.device):
             out, lse = _aot_dispatch.forward(_AOT, q, k, v, scale=scale, causal=causal, window=window,
@@ -201,11 +222,18 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
             _need_compiled_cpu(ops)
             return ops.varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right,
                                   softcap, True)
-        end = int(cu_q[-1])
-        if end < q.shape[0]:  # packed rows after the last sequence: out 0, lse -inf (every element written)
+        # Packed rows after the last sequence: out 0, lse -inf (every element written). Where the end was not
+        # read on the host (CUDA, see _checks.values_now) it is compared on the device: no sync, graph-capturable.
+        if end is None:
+            tail = torch.arange(q.shape[0], device=q.device) >= cu_q[-1]
+            out.masked_fill_(tail[:, None, None], 0)
+            lse.masked_fill_(tail[None, :], float("-inf"))
+        elif end < q.shape[0]:
             out[end:] = 0
             lse[:, end:] = float("-inf")
         return out, lse
+
+    varlen_fwd = torch.library.custom_op(f"{ns}::varlen_fwd", mutates_args=())(varlen_fwd_impl)
 
     @varlen_fwd.register_fake
     def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window_left, window_right, softcap):
@@ -246,8 +274,7 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
     varlen_fwd.register_autograd(varlen_backward, setup_context=varlen_setup)
 
     # ------------------------------------------------------------------------------------------ kv cache
-    @torch.library.custom_op(f"{ns}::kvcache_fwd", mutates_args=("k_cache", "v_cache"))
-    def kvcache_fwd(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor],
+    def kvcache_fwd_impl(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, k: Optional[torch.Tensor],
                     v: Optional[torch.Tensor], cache_seqlens: Optional[torch.Tensor],
                     block_table: Optional[torch.Tensor], scale: float, causal: bool, window_left: int,
                     window_right: int, softcap: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,8 +282,9 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
         if cache_seqlens is None:
             cache_seqlens = torch.full((q.shape[0],), _kvcache.capacity(k_cache, block_table), dtype=torch.int32,
                                        device=q.device)
-        if not (q.is_cuda and torch.cuda.is_current_stream_capturing()):  # reading values syncs; a graph
-            _kvcache.check_values(k_cache, cache_seqlens, s_new, block_table)  # capture checked its warmup
+        from ._checks import values_now
+        if values_now(_kvcache.WHO, q.device):  # reading values syncs a GPU (see _checks.values_now)
+            _kvcache.check_values(k_cache, cache_seqlens, s_new, block_table)
         _kvcache.append(k_cache, v_cache, k, v, cache_seqlens, block_table)
         seqlens = (cache_seqlens + s_new).to(torch.int32)
         window = (window_left, window_right)
@@ -274,9 +302,11 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
                                   window_left, window_right, softcap, True)
         return out.view(b, sq, hq, d), lse.view(hq, b, sq).permute(1, 0, 2).contiguous()
 
+    kvcache_fwd = torch.library.custom_op(f"{ns}::kvcache_fwd", mutates_args=("k_cache", "v_cache"))(kvcache_fwd_impl)
+
     @kvcache_fwd.register_fake
     def _(q, k_cache, v_cache, k, v, cache_seqlens, block_table, scale, causal, window_left, window_right,
           softcap):
         return torch.empty_like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
 
-    return Ops(fwd, varlen_fwd, kvcache_fwd)
+    return Ops(fwd, varlen_fwd, kvcache_fwd, fwd_impl, varlen_fwd_impl, kvcache_fwd_impl)

@@ -3,8 +3,8 @@
 CPU tensors run the compiled CPU kernel (forward; gradients by a float32 recompute). CUDA tensors run the
 precompiled cubins of an AOT variant (forward and backward; sm80/sm90/sm100, no Triton needed) or, in the noarch
 ``torch-cuda`` variant, the Triton kernels (JIT). ``FLASH_ATTN2_CUDA_IMPL=auto|aot|triton`` (see _custom_ops.py).
-Every entry point goes through torch.library custom ops (see _custom_ops.py), so torch.compile(fullgraph=True)
-traces through it.
+Every entry point is a torch.library custom op (see _custom_ops.py), so torch.compile(fullgraph=True) traces
+through it; a plain eager call without gradients runs the op's implementation directly (``_custom_ops.direct``).
 """
 
 from typing import Optional
@@ -101,8 +101,8 @@ def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, wi
     _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
     _checks.dense(who, q, k, v, *_limits(q.device))
     window = _checks.window(who, window_size)
-    out, lse = _OPS.fwd(q, k, v, _scale(q, softmax_scale), bool(causal), window[0], window[1],
-                        _softcap(who, softcap))
+    op = _OPS.fwd_impl if _OPS.fwd_impl and _custom_ops.direct(q, k, v) else _OPS.fwd
+    out, lse = op(q, k, v, _scale(q, softmax_scale), bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
 
 
@@ -116,7 +116,8 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     _reject_unsupported(who, dropout_p, alibi_slopes, return_attn_probs)
     _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_limits(q.device))
     window = _checks.window(who, window_size)
-    out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
+    op = _OPS.varlen_fwd_impl if _OPS.varlen_fwd_impl and _custom_ops.direct(q, k, v) else _OPS.varlen_fwd
+    out, lse = op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
                                _scale(q, softmax_scale), bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out
 
@@ -135,6 +136,8 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, cache_seqlens=N
     dtypes, head_dims = _limits(q.device)
     seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, block_table, dtypes, head_dims)
     window = _checks.window(who, window_size)
-    out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, block_table, _scale(q, softmax_scale),
+    op = _OPS.kvcache_fwd_impl if _OPS.kvcache_fwd_impl and _custom_ops.direct(q, k_cache, v_cache, k, v) \
+        else _OPS.kvcache_fwd
+    out, lse = op(q, k_cache, v_cache, k, v, seqlens, block_table, _scale(q, softmax_scale),
                                 bool(causal), window[0], window[1], _softcap(who, softcap))
     return (out, lse) if return_softmax_lse else out

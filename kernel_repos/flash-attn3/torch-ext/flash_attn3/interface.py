@@ -32,6 +32,9 @@ _OPS = _custom_ops.register(__name__, ops, hopper_tiles=True)
 # Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py). A
 # precompiled variant ships no Gluon kernel: its dense calls go straight to _OPS.fwd (no second op layer).
 _DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd) if _gluon_op.shipped() else _OPS.fwd
+# A plain eager call without gradients may skip the custom-op dispatcher (_custom_ops.direct); the Gluon op has no
+# separate implementation to call, so only the shared op's is used directly.
+_DENSE_IMPL = _OPS.fwd_impl if _DENSE_FWD is _OPS.fwd else None
 
 
 def _device_ok(who: str, q: torch.Tensor):
@@ -71,7 +74,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descal
     _checks.dense(who, q, k, v, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _DENSE_FWD(q, k, v, scale, bool(causal), left, right, softcap)
+    op = _DENSE_IMPL if _DENSE_IMPL and _custom_ops.direct(q, k, v) else _DENSE_FWD
+    out, lse = op(q, k, v, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
 
@@ -86,8 +90,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
-                               bool(causal), left, right, softcap)
+    op = _OPS.varlen_fwd_impl if _OPS.varlen_fwd_impl and _custom_ops.direct(q, k, v) else _OPS.varlen_fwd
+    out, lse = op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal),
+                  left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
 
@@ -109,6 +114,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, page_table, dtypes, head_dims)
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right,
-                                softcap)
+    op = _OPS.kvcache_fwd_impl if _OPS.kvcache_fwd_impl and _custom_ops.direct(q, k_cache, v_cache, k, v) \
+        else _OPS.kvcache_fwd
+    out, lse = op(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_softmax_lse else out
