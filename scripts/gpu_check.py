@@ -656,7 +656,8 @@ def main(argv=None) -> int:
     fa3_variants = {f"flash-attn3 {k}": v for k, v in find_variants(args.variants, "flash-attn3").items()}
     log(f"gpu_check: torch {torch.__version__}, flash-attn2 variants {sorted(variants)}, sliding-window variants "
         f"{sorted(sw_variants)}, flash-attn3 variants {sorted(fa3_variants)} under {args.variants}")
-    result: dict = {"torch": torch.__version__, "variants": {k: str(v) for k, v in {**variants, **fa3_variants}.items()}}
+    result: dict = {"torch": torch.__version__,
+                    "variants": {k: str(v) for k, v in {**variants, **fa3_variants}.items()}}
     gpu = torch.cuda.is_available() and not args.dry_run
     if not variants:
         log("no flash-attn2 CUDA variants found; build them first (see the README's GPU check section)")

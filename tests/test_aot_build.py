@@ -185,7 +185,7 @@ def test_noarch_repo_aot_variant(tmp_path, name):
         meta = json.loads((r.path / "metadata.json").read_text())
         assert meta["backend"] == {"type": "cuda", "archs": ["9.0"]} and r.ops == ("driver_version", "launch", "load")
         scratch = {e["key"]: e.get("global_scratch") for e in table["entries"]}
-        assert all((v == [384, 128]) == k.startswith("fwd/dense/") for k, v in scratch.items())
+        assert all((v == [384, 128]) == k.startswith(("fwd/dense/", "fwd_short/dense/")) for k, v in scratch.items())
     refusal = NOARCH_AOT[name]
     if refusal:
         code = f"""
