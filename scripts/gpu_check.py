@@ -354,7 +354,7 @@ def submit_us(fn, iters=100) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def timings(mods: dict, device, sdpa: bool = True) -> list[dict]:
+def timings(mods: dict, device, with_sdpa: bool = True) -> list[dict]:
     rows = []
     torch.manual_seed(0)
     b, hq, hk, d, ctx = 4, 32, 8, 128, 1024
@@ -376,7 +376,7 @@ def timings(mods: dict, device, sdpa: bool = True) -> list[dict]:
                      "submit_decode_us": round(submit_us(lambda: fa.flash_attn_with_kvcache(
                          q1, kc, vc, cache_seqlens=lens, causal=True)), 1),
                      "submit_dense_decode_us": round(submit_us(lambda: fa.flash_attn_func(q1, kc, vc, causal=True)), 1)})
-    if not sdpa:
+    if not with_sdpa:
         return rows
     sq, sk, sv = (t.transpose(1, 2) for t in (qp, kp, vp))
     sdpa = host_us(lambda: torch.nn.functional.scaled_dot_product_attention(sq, sk, sv, is_causal=True,
@@ -708,7 +708,7 @@ def main(argv=None) -> int:
             r for label, fa in fa3_mods.items()
             for r in correctness(fa, device, label, quick=args.quick) + fa3_layout_cases(fa, device, label)])
         result["timing"] = section("host time per call", lambda: timings(mods, device)
-                                   + timings(fa3_mods, device, sdpa=False))
+                                   + timings(fa3_mods, device, with_sdpa=False))
         result["first_call"] = section("first call in a fresh process", lambda: [
             first_call({**variants, **fa3_variants}[label], label) for label in [*mods, *fa3_mods]])
         result["graph"] = section("CUDA graph decode step (flash-attn3: and dense forward)", lambda: [
