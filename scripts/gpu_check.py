@@ -19,7 +19,8 @@ Gluon kernel):
 - torch.compile(fullgraph=True) of a function calling flash_attn_func;
 - flash-attn3 also: dense forwards through non-contiguous q/k/v (a packed qkv: TMA descriptors with strides
   other than the contiguous ones), a misaligned input (copied before the cubin), a grid of thousands of programs
-  (the per-program descriptor scratch), and a CUDA graph of the dense forward (scratch taken under capture).
+  (the per-program descriptor scratch), a CUDA graph of the dense forward (scratch taken under capture), and the
+  device time of long prefills, AOT (tl kernel, TMA) vs JIT (Gluon).
 
 Writes ``gpu_check.json`` and ``gpu_check.log`` under --out (default $OUT, else ./gpu_check_out) and prints a short
 table last. ``--dry-run`` runs end to end on a machine without a GPU: it imports every variant, checks each AOT
@@ -599,6 +600,37 @@ def graph_dense(fa, device, label) -> dict:
     return {"impl": label, "kind": "dense", "ok": worst <= TOL_OUT[dt], "max_err": worst}
 
 
+def fa3_throughput(mods: dict, device) -> list[dict]:
+    """Device time of long prefills (CUDA events): flash-attn3's AOT variant (the tl kernel's TMA cubins) against
+    its JIT variant (Gluon warp-specialized on sm90) -- the resolver prefers the AOT variant, so this is the price
+    or gain of that preference. Forward only, bf16, B2 H16 S4096."""
+    rows = []
+    b, s, h = 2, 4096, 16
+    for label, fa in mods.items():
+        for d in (64, 128):
+            for causal in (False, True):
+                torch.manual_seed(d)
+                q, k, v = (torch.randn(b, s, h, d, device=device, dtype=torch.bfloat16) for _ in range(3))
+                try:
+                    for _ in range(3):
+                        fa.flash_attn_func(q, k, v, causal=causal)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(10):
+                        fa.flash_attn_func(q, k, v, causal=causal)
+                    end.record()
+                    torch.cuda.synchronize()
+                    ms = start.elapsed_time(end) / 10
+                    flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
+                    row = {"impl": label, "d": d, "causal": causal, "ms": round(ms, 3),
+                           "tflops": round(flops / ms / 1e9, 1)}
+                except Exception as e:
+                    row = {"impl": label, "d": d, "causal": causal, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                rows.append(row)
+                log(f"  {json.dumps(row)}")
+    return rows
+
+
 # ---------------------------------------------------------------- dry run (no GPU)
 
 
@@ -709,6 +741,8 @@ def main(argv=None) -> int:
             for r in correctness(fa, device, label, quick=args.quick) + fa3_layout_cases(fa, device, label)])
         result["timing"] = section("host time per call", lambda: timings(mods, device)
                                    + timings(fa3_mods, device, with_sdpa=False))
+        result["fa3_throughput"] = section("flash-attn3 prefill device time (AOT tl+TMA vs JIT Gluon)",
+                                           lambda: fa3_throughput(fa3_mods, device))
         result["first_call"] = section("first call in a fresh process", lambda: [
             first_call({**variants, **fa3_variants}[label], label) for label in [*mods, *fa3_mods]])
         result["graph"] = section("CUDA graph decode step (flash-attn3: and dense forward)", lambda: [
