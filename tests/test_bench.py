@@ -93,6 +93,34 @@ def test_routing_sends_cpu_decode_to_sdpa_and_off_means_the_kernel(fa2_module):
         routing.set_enabled(False)
 
 
+def test_cuda_routes_apply_only_on_the_arch_they_were_measured_on():
+    on_h200 = routing.routes_for(set(), capability="9.0")
+    assert {(r.device, r.phase) for r in on_h200} >= {("cuda", "decode"), ("cuda", "prefill")}
+    assert all(r.capability in (None, "9.0") for r in on_h200)
+    for other in (None, "8.0", "10.0"):  # no GPU, or a GPU nobody measured: the kernel keeps every call
+        assert not [r for r in routing.routes_for(set(), capability=other) if r.device == "cuda"]
+    assert any("sm_90" in line and "cuda" in line for line in routing.describe(set(), capability="9.0"))
+    routing.set_enabled(True)
+    try:  # a CPU query never takes a CUDA route, whatever this machine has
+        q = torch.zeros(1, 8, 1, 64, dtype=torch.bfloat16)
+        r = routing.route(q)
+        assert r is None or r.device == "cpu"
+    finally:
+        routing.set_enabled(False)
+
+
+def test_padding_mask_is_read_once_per_forward_and_again_when_it_changes():
+    from kernel_loader.adapters.flash import _all_visible
+
+    mask = torch.ones(2, 9, dtype=torch.long)
+    assert _all_visible(mask) and _all_visible(mask)
+    mask[1, 0] = 0  # in place: the version counter moves
+    assert not _all_visible(mask)
+    other = torch.ones(2, 9, dtype=torch.long)  # another tensor: read afresh
+    assert _all_visible(other)
+    assert not _all_visible(mask)
+
+
 def test_bench_model_dry_run_script(built_flash_attn2, tmp_path):
     """The --device cuda code path (kernels imported from paths, no Hub) end to end on a tiny model."""
     out = tmp_path / "out"

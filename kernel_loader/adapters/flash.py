@@ -96,7 +96,7 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
             _packed_from_position_ids(query, key, kwargs)
         packed = kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None
         needs_varlen = packed or (attention_mask is not None and attention_mask.dim() == 2
-                                  and not bool(attention_mask.all()))
+                                  and not _all_visible(attention_mask))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
         if why is None and not packed and routing.route(query, window != (-1, -1)) is not None:
@@ -161,6 +161,18 @@ def _block_table_call(label, kernel, query, key, value, kwargs, scale, causal, w
     return out.reshape(1, n, query.shape[1], -1)
 
 
+_last_mask: list = [None, -1, False]  # the last 2-D mask seen (held: its id cannot be reused), its version, all()
+
+
+def _all_visible(mask: torch.Tensor) -> bool:
+    """``mask.all()`` once per forward: every layer gets the same 2-D mask object, and reading it back costs a
+    device sync per layer on a GPU. Keyed on the tensor object (kept alive here, so no later tensor can take its
+    identity) and its in-place version counter."""
+    if _last_mask[0] is not mask or _last_mask[1] != mask._version:
+        _last_mask[:] = [mask, mask._version, bool(mask.all())]
+    return _last_mask[2]
+
+
 def _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap):
     out = kernel.varlen(q, k, v, cu_q, cu_k, int(max_q), int(max_k), softmax_scale=scale, causal=causal,
                         window_size=window, softcap=softcap or 0.0)
@@ -174,15 +186,14 @@ def _packed(kernel, query, key, value, kwargs, scale, causal, window, softcap):
         raise ValueError(f"packed sequences (cu_seq_lens_q) need batch size 1, got {b}")
     cu_q = kwargs["cu_seq_lens_q"].to(torch.int32)
     cu_k = kwargs["cu_seq_lens_k"].to(torch.int32)
-    n_q, n_k = int(cu_q[-1]), int(cu_k[-1])  # tokens past the last boundary are padding (static shapes)
-    q = query[0, :, :n_q].transpose(0, 1).contiguous()  # (total, H, D)
-    k = key[0, :, :n_k].transpose(0, 1).contiguous()
-    v = value[0, :, :n_k].transpose(0, 1).contiguous()
+    # Tokens past the last boundary are padding (static shapes, CUDA graphs): they stay in the packed tensors,
+    # where the kernel reads no key past cu_k[-1] and writes 0 for query rows past cu_q[-1], so nothing here
+    # reads a boundary on the host (a device sync per layer, and a broken graph capture). (H, S, D) -> (S, H, D)
+    # views keep the last dim contiguous: no copies.
+    q, k, v = query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1)
     max_q = kwargs.get("max_length_q") or int((cu_q[1:] - cu_q[:-1]).max())
     max_k = kwargs.get("max_length_k") or int((cu_k[1:] - cu_k[:-1]).max())
     out = _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap)
-    if n_q < sq:
-        out = torch.cat([out, out.new_zeros(sq - n_q, *out.shape[1:])])
     return out.unsqueeze(0)  # (1, total, H, D)
 
 

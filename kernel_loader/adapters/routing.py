@@ -32,12 +32,14 @@ class Route:
     windowed: bool  # also for sliding-window calls (where the kernel skips blocks and SDPA needs a full mask)
     measured: str  # kernel alone vs torch SDPA, same process
     why: str
+    capability: str | None = None  # CUDA routes: the compute capability measured ("9.0"); other GPUs keep the kernel
 
     def matches(self, device: str, dtype: torch.dtype, phase: str) -> bool:
         return device == self.device and phase == self.phase and str(dtype).removeprefix("torch.") in self.dtypes
 
     def line(self) -> str:
-        feat = (f" with {self.needs_feature}" if self.needs_feature else "") + ("" if self.windowed else ", no window")
+        feat = (f" with {self.needs_feature}" if self.needs_feature else "") + \
+            (f" sm_{self.capability.replace('.', '')}" if self.capability else "") + ("" if self.windowed else ", no window")
         return (f"{self.phase} {'/'.join(self.dtypes)} on {self.device}{feat} -> sdpa: {self.why} "
                 f"(measured {self.measured})")
 
@@ -55,6 +57,21 @@ ROUTES: tuple[Route, ...] = (
           measured="attention alone S2048 causal, 8/2 x 64 and 4/2 x 128: kernel 0.29-0.32x SDPA; model prefill "
                    "2048 tokens, kernel alone 0.53-0.61x, routed 0.83-1.01x",
           why="torch's SDPA uses AMX tiles for bf16, the kernel AVX-512 BF16 dot products"),
+    # Measured on an H200 (sm_90), torch 2.11+cu130, transformers 5.24, the precompiled variant, 2026-12-02
+    # (benchmarks/bench_model_h200.md, kernel_repos/flash-attn2/benchmarks/tile_sweep_h200.json).
+    Route(device="cuda", phase="decode", dtypes=("bfloat16", "float16"), needs_feature=None, windowed=False,
+          capability="9.0",
+          measured="attention alone B16, one query over 1024 keys, 32/8 heads x 64: kernel 0.25-0.33x SDPA; model "
+                   "generate() decode (Llama-1B shape) B1 0.86-0.98x, B16 0.84-0.85x; host time per call 77 us vs "
+                   "SDPA's 31 us",
+          why="one query row per sequence: each query head streams its KV head's keys again (GQA not packed into "
+              "the tile rows) and the Python launch path costs more than the kernel"),
+    Route(device="cuda", phase="prefill", dtypes=("bfloat16", "float16"), needs_feature=None, windowed=False,
+          capability="9.0",
+          measured="attention alone S4096 causal 32/8 x 64: kernel 0.69x SDPA (best swept tile 0.81x); model prefill "
+                   "Llama-1B shape 1k/4k/16k tokens 0.79x/0.86x/0.90x",
+          why="torch's SDPA runs the FlashAttention-2 CUDA kernel on sm_90; the Triton tiles (mma/wgmma without "
+              "warp specialisation) reach 70-85% of it for plain causal attention"),
 )
 
 _enabled = os.environ.get("KERNEL_LOADER_ROUTING", "on").strip().lower() not in {"0", "off", "false", "no"}
@@ -71,13 +88,27 @@ def enabled() -> bool:
     return _enabled
 
 
-def routes_for(cpu_features=None) -> list[Route]:
-    """The routes that apply on a machine with these CPU features (default: this machine's)."""
+def _capability() -> str | None:
+    """cuda:0's compute capability ("9.0"), None without a GPU (CUDA routes are per measured arch)."""
+    try:
+        if torch.cuda.is_available():
+            return "{}.{}".format(*torch.cuda.get_device_capability(0))
+    except (RuntimeError, AssertionError):
+        pass
+    return None
+
+
+def routes_for(cpu_features=None, capability: str | None = "detect") -> list[Route]:
+    """The routes that apply on a machine with these CPU features and GPU compute capability (default: this
+    machine's)."""
     if cpu_features is None:
         from ..system import detect
 
         cpu_features = detect().cpu_features
-    return [r for r in ROUTES if r.needs_feature is None or r.needs_feature in cpu_features]
+    if capability == "detect":
+        capability = _capability()
+    return [r for r in ROUTES if (r.needs_feature is None or r.needs_feature in cpu_features)
+            and (r.capability is None or r.capability == capability)]
 
 
 def _build_table() -> dict:
@@ -105,9 +136,9 @@ def route(query: torch.Tensor, windowed: bool = False) -> Route | None:
     return route_class(query.device.type, query.dtype, query.shape[-2] == 1, windowed)
 
 
-def describe(cpu_features=None) -> list[str]:
+def describe(cpu_features=None, capability: str | None = "detect") -> list[str]:
     """One line per route in force here, for ``resolve`` and ``doctor``."""
-    lines = [r.line() for r in routes_for(cpu_features)]
+    lines = [r.line() for r in routes_for(cpu_features, capability)]
     if not _enabled:
         lines = [f"(off: KERNEL_LOADER_ROUTING) {x}" for x in lines]
     return lines

@@ -174,6 +174,14 @@ def decode(model, impls: list[Impl], batch: int, context: int, new_tokens: int, 
             **alt.summary(impls[0].key), "check": check}
 
 
+def _fields(cls) -> set:
+    import dataclasses
+    import inspect
+    if dataclasses.is_dataclass(cls):
+        return {f.name for f in dataclasses.fields(cls)}
+    return set(inspect.signature(cls).parameters)
+
+
 def continuous_batching(model, impls: list[Impl], requests: int, lengths: tuple[int, int], new_tokens: int, *,
                         rounds: int, device: str, page_size: int = 16, max_batch_tokens: int = 256,
                         seed: int = 3) -> dict:
@@ -187,13 +195,19 @@ def continuous_batching(model, impls: list[Impl], requests: int, lengths: tuple[
     gen = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, eos_token_id=-1, pad_token_id=0)
     # max_blocks_per_request=0: the index-based cache path for every implementation (the block-table decode path
     # needs flash_attn_with_kvcache semantics that transformers wires only for its own flash kernels)
-    cb = ContinuousBatchingConfig(block_size=page_size, num_blocks=need, max_batch_tokens=max_batch_tokens,
-                                  max_blocks_per_request=0)
+    cb = dict(block_size=page_size, num_blocks=need, max_batch_tokens=max_batch_tokens, max_blocks_per_request=0)
+
+    def config():
+        # The paged-attention adapter lays the cache out into its own pages on the host each call, which a CUDA
+        # graph cannot hold: graphs off for it (where this transformers has the switch), transformers' choice else.
+        paged = "paged-attention" in str(model.config._attn_implementation)
+        graphs = {"use_cuda_graph": False} if paged and "use_cuda_graph" in _fields(ContinuousBatchingConfig) else {}
+        return ContinuousBatchingConfig(**cb, **graphs)
 
     def run_batch():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            out = model.generate_batch(inputs=prompts, generation_config=gen, continuous_batching_config=cb,
+            out = model.generate_batch(inputs=prompts, generation_config=gen, continuous_batching_config=config(),
                                        progress_bar=False)
         by_index = sorted(out, key=lambda r: int(r.split("_")[-1]))
         tokens = [list(out[k].generated_tokens) for k in by_index]
