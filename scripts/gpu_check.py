@@ -5,7 +5,10 @@
 
 ``--variants``: a folder holding built flash-attn2 variant folders (as ``kernel-loader build`` writes them): every
 AOT variant (``cubins/table.json`` inside) and the noarch Triton one (``torch-cuda``). Each is imported straight
-from its folder (no kernels/olah needed on the GPU machine). Per variant:
+from its folder (no kernels/olah needed on the GPU machine). sliding-window and flash-attn3 variants under the same
+folder are found by their metadata name. Per flash-attn2 and flash-attn3 variant (flash-attn3 through its own API:
+``page_table``, lse by ``return_attn_probs``; its AOT dense forward is the TMA-descriptor cubin, its JIT one the
+Gluon kernel):
 
 - correctness in float64 of every op (dense, varlen, kv cache, paged kv cache forward; dense and varlen backward)
   on fresh random inputs over head dims, dtypes, causal/window/softcap, GQA; the caching allocator is filled with
@@ -13,7 +16,11 @@ from its folder (no kernels/olah needed on the GPU machine). Per variant:
 - host time per call (decode step and a short prefill): AOT vs Triton JIT vs torch SDPA;
 - first-call latency in a fresh process (AOT: module load; JIT: compile with an empty Triton cache);
 - CUDA-graph capture and replay of a paged decode step (checked against the reference after each replay);
-- torch.compile(fullgraph=True) of a function calling flash_attn_func.
+- torch.compile(fullgraph=True) of a function calling flash_attn_func;
+- flash-attn3 also: dense forwards through non-contiguous q/k/v (a packed qkv: TMA descriptors with strides
+  other than the contiguous ones), a misaligned input (copied before the cubin), a grid of thousands of programs
+  (the per-program descriptor scratch), a CUDA graph of the dense forward (scratch taken under capture), and the
+  device time of long prefills, AOT (tl kernel, TMA) vs JIT (Gluon).
 
 Writes ``gpu_check.json`` and ``gpu_check.log`` under --out (default $OUT, else ./gpu_check_out) and prints a short
 table last. ``--dry-run`` runs end to end on a machine without a GPU: it imports every variant, checks each AOT
@@ -348,7 +355,7 @@ def submit_us(fn, iters=100) -> float:
     return sorted(times)[len(times) // 2] * 1e6
 
 
-def timings(mods: dict, device) -> list[dict]:
+def timings(mods: dict, device, with_sdpa: bool = True) -> list[dict]:
     rows = []
     torch.manual_seed(0)
     b, hq, hk, d, ctx = 4, 32, 8, 128, 1024
@@ -370,6 +377,8 @@ def timings(mods: dict, device) -> list[dict]:
                      "submit_decode_us": round(submit_us(lambda: fa.flash_attn_with_kvcache(
                          q1, kc, vc, cache_seqlens=lens, causal=True)), 1),
                      "submit_dense_decode_us": round(submit_us(lambda: fa.flash_attn_func(q1, kc, vc, causal=True)), 1)})
+    if not with_sdpa:
+        return rows
     sq, sk, sv = (t.transpose(1, 2) for t in (qp, kp, vp))
     sdpa = host_us(lambda: torch.nn.functional.scaled_dot_product_attention(sq, sk, sv, is_causal=True,
                                                                             enable_gqa=True))
@@ -485,6 +494,143 @@ def compiled(fa, device, label) -> dict:
         return {"impl": label, "ok": False, "error": f"{type(e).__name__}: {str(e)[:400]}"}
 
 
+# ---------------------------------------------------------------- flash-attn3
+
+
+class FA3Api:
+    """flash-attn3's variant behind the flash_attn 2.x call shapes the checks above use (same math): lse through
+    ``return_attn_probs``, the kv-cache's block table as ``page_table``."""
+
+    def __init__(self, module):
+        self.module = module
+        self.SUPPORTED = module.SUPPORTED
+
+    def flash_attn_func(self, q, k, v, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                        return_softmax_lse=False):
+        return self.module.flash_attn_func(q, k, v, softmax_scale=softmax_scale, causal=causal,
+                                           window_size=window_size, softcap=softcap,
+                                           return_attn_probs=return_softmax_lse)
+
+    def flash_attn_varlen_func(self, q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=None, causal=False,
+                               window_size=(-1, -1), softcap=0.0, return_softmax_lse=False):
+        return self.module.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=softmax_scale,
+                                                  causal=causal, window_size=window_size, softcap=softcap,
+                                                  return_attn_probs=return_softmax_lse)
+
+    def flash_attn_with_kvcache(self, q, k_cache, v_cache, k=None, v=None, cache_seqlens=None, block_table=None,
+                                softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
+                                return_softmax_lse=False):
+        return self.module.flash_attn_with_kvcache(q, k_cache, v_cache, k=k, v=v, cache_seqlens=cache_seqlens,
+                                                   page_table=block_table, softmax_scale=softmax_scale,
+                                                   causal=causal, window_size=window_size, softcap=softcap,
+                                                   return_softmax_lse=return_softmax_lse)
+
+
+def fa3_layout_cases(fa, device, label) -> list[dict]:
+    """The dense forward's TMA path under layouts the plain cases do not reach, against float64."""
+    rows = []
+
+    def record(name, fn):
+        try:
+            ok, errs = fn()
+        except Exception as e:
+            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
+        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+
+    def packed(d=128, dtype=torch.bfloat16, b=2, s=333, h=8, causal=True, softcap=0.0):
+        torch.manual_seed(d + s)
+        qkv = torch.randn(b, s, 3, h, d, device=device, dtype=dtype)
+        q, k, v = qkv.unbind(2)  # strides (s*3*h*d, 3*h*d, d, 1): TMA with a row stride of 3*h*d
+        poison(device)
+        out, lse = fa.flash_attn_func(q, k, v, softmax_scale=d ** -0.5, causal=causal, softcap=softcap,
+                                      return_softmax_lse=True)
+        ro, rl = ref_attention(q, k, v, d ** -0.5, causal, (-1, -1), softcap)
+        errs = {"out": max_err(out, ro), "lse": max_err(lse, rl)}
+        return errs["out"] <= TOL_OUT[dtype] and errs["lse"] <= 1e-2, errs
+
+    def misaligned(d=64, dtype=torch.float16):
+        torch.manual_seed(3)
+        flat = torch.randn(2 * 200 * 4 * d + 8, device=device, dtype=dtype)
+        q = flat[1:1 + 2 * 200 * 4 * d].view(2, 200, 4, d)  # data pointer 2 bytes past alignment
+        k = torch.randn(2, 200, 2, d, device=device, dtype=dtype)
+        v = torch.randn_like(k)
+        out = fa.flash_attn_func(q, k, v, softmax_scale=d ** -0.5, causal=True)
+        err = max_err(out, ref_attention(q, k, v, d ** -0.5, True)[0])
+        return err <= TOL_OUT[dtype], {"out": err}
+
+    def many_programs(d=128, dtype=torch.bfloat16):
+        c = dict(d=d, dtype=dtype, b=4, sq=2048, sk=2048, hq=32, hk=8, causal=True)  # 16 x 128 = 2048 programs
+        return run_dense(fa, c, device)
+
+    record("fwd packed qkv d128 bf16 causal", lambda: packed())
+    record("fwd packed qkv d96 fp16 softcap", lambda: packed(96, torch.float16, causal=False, softcap=20.0))
+    record("fwd packed qkv d256 bf16 b1 h2", lambda: packed(256, b=1, h=2, s=190))
+    record("fwd misaligned q d64 fp16", lambda: misaligned())
+    record("fwd b4 s2048 h32/8 d128 bf16 causal", lambda: many_programs())
+    return rows
+
+
+def graph_dense(fa, device, label) -> dict:
+    """Capture a dense forward (flash-attn3 AOT: the TMA kernel, its descriptor scratch taken during capture) in a
+    CUDA graph; replay with fresh inputs, check each replay against float64."""
+    torch.manual_seed(6)
+    b, s, hq, hk, d, dt = 2, 300, 8, 2, 128, torch.bfloat16
+    q = torch.randn(b, s, hq, d, device=device, dtype=dt)
+    k = torch.randn(b, s, hk, d, device=device, dtype=dt)
+    v = torch.randn_like(k)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fa.flash_attn_func(q, k, v, causal=True)  # warm-up: module load (or JIT compile) outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g):
+            out = fa.flash_attn_func(q, k, v, causal=True)
+    except Exception as e:
+        return {"impl": label, "kind": "dense", "ok": False, "error": f"capture: {type(e).__name__}: {str(e)[:300]}"}
+    worst = 0.0
+    for _ in range(3):
+        for t in (q, k, v):
+            t.copy_(torch.randn_like(t))
+        g.replay()
+        torch.cuda.synchronize()
+        worst = max(worst, max_err(out, ref_attention(q, k, v, d ** -0.5, True)[0]))
+    return {"impl": label, "kind": "dense", "ok": worst <= TOL_OUT[dt], "max_err": worst}
+
+
+def fa3_throughput(mods: dict, device) -> list[dict]:
+    """Device time of long prefills (CUDA events): flash-attn3's AOT variant (the tl kernel's TMA cubins) against
+    its JIT variant (Gluon warp-specialized on sm90) -- the resolver prefers the AOT variant, so this is the price
+    or gain of that preference. Forward only, bf16, B2 H16 S4096."""
+    rows = []
+    b, s, h = 2, 4096, 16
+    for label, fa in mods.items():
+        for d in (64, 128):
+            for causal in (False, True):
+                torch.manual_seed(d)
+                q, k, v = (torch.randn(b, s, h, d, device=device, dtype=torch.bfloat16) for _ in range(3))
+                try:
+                    for _ in range(3):
+                        fa.flash_attn_func(q, k, v, causal=causal)
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    for _ in range(10):
+                        fa.flash_attn_func(q, k, v, causal=causal)
+                    end.record()
+                    torch.cuda.synchronize()
+                    ms = start.elapsed_time(end) / 10
+                    flops = 4.0 * b * h * s * s * d * (0.5 if causal else 1.0)
+                    row = {"impl": label, "d": d, "causal": causal, "ms": round(ms, 3),
+                           "tflops": round(flops / ms / 1e9, 1)}
+                except Exception as e:
+                    row = {"impl": label, "d": d, "causal": causal, "error": f"{type(e).__name__}: {str(e)[:200]}"}
+                rows.append(row)
+                log(f"  {json.dumps(row)}")
+    return rows
+
+
 # ---------------------------------------------------------------- dry run (no GPU)
 
 
@@ -539,16 +685,18 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     variants = find_variants(args.variants)
     sw_variants = find_variants(args.variants, "sliding-window")
+    fa3_variants = {f"flash-attn3 {k}": v for k, v in find_variants(args.variants, "flash-attn3").items()}
     log(f"gpu_check: torch {torch.__version__}, flash-attn2 variants {sorted(variants)}, sliding-window variants "
-        f"{sorted(sw_variants)} under {args.variants}")
-    result: dict = {"torch": torch.__version__, "variants": {k: str(v) for k, v in variants.items()}}
+        f"{sorted(sw_variants)}, flash-attn3 variants {sorted(fa3_variants)} under {args.variants}")
+    result: dict = {"torch": torch.__version__,
+                    "variants": {k: str(v) for k, v in {**variants, **fa3_variants}.items()}}
     gpu = torch.cuda.is_available() and not args.dry_run
     if not variants:
         log("no flash-attn2 CUDA variants found; build them first (see the README's GPU check section)")
     if not gpu:
         log("dry run: no GPU in use; skipping correctness, timing, first-call, CUDA graph and torch.compile checks")
-        result["dry_run"] = dry_run(variants) + dry_run({f"sliding-window {k}": v for k, v in sw_variants.items()},
-                                                         keys_module="_aot_keys")
+        result["dry_run"] = (dry_run(variants) + dry_run({f"sliding-window {k}": v for k, v in sw_variants.items()},
+                                                          keys_module="_aot_keys") + dry_run(fa3_variants))
         ok = all(r.get("imported") and not r.get("missing")
                  and not ("aot" in r["impl"] and r.get("imports_triton")) for r in result["dry_run"])
     else:
@@ -559,6 +707,12 @@ def main(argv=None) -> int:
         for label, folder in variants.items():
             try:
                 mods[label] = load_variant(folder)
+            except Exception:
+                log(f"import of {label} failed:\n{traceback.format_exc()}")
+        fa3_mods = {}
+        for label, folder in fa3_variants.items():
+            try:
+                fa3_mods[label] = FA3Api(load_variant(folder))
             except Exception:
                 log(f"import of {label} failed:\n{traceback.format_exc()}")
         os.environ.setdefault("FLASH_ATTN_TRITON_AUTOTUNE", "0")  # the JIT: one config per family, bounded time
@@ -582,13 +736,20 @@ def main(argv=None) -> int:
                 log(f"import of sliding-window {label} failed:\n{traceback.format_exc()}")
         result["correctness"] += section("sliding-window correctness", lambda: [
             r for label, sw in sw_mods.items() for r in sliding_window_correctness(sw, device, label)])
-        result["timing"] = section("host time per call", lambda: timings(mods, device))
-        result["first_call"] = section("first call in a fresh process",
-                                       lambda: [first_call(variants[label], label) for label in mods])
-        result["graph"] = section("CUDA graph decode step",
-                                  lambda: [graph_decode(fa, device, label) for label, fa in mods.items()])
-        result["compile"] = section("torch.compile(fullgraph=True)",
-                                    lambda: [compiled(fa, device, label) for label, fa in mods.items()])
+        result["correctness"] += section("flash-attn3 correctness", lambda: [
+            r for label, fa in fa3_mods.items()
+            for r in correctness(fa, device, label, quick=args.quick) + fa3_layout_cases(fa, device, label)])
+        result["timing"] = section("host time per call", lambda: timings(mods, device)
+                                   + timings(fa3_mods, device, with_sdpa=False))
+        result["fa3_throughput"] = section("flash-attn3 prefill device time (AOT tl+TMA vs JIT Gluon)",
+                                           lambda: fa3_throughput(fa3_mods, device))
+        result["first_call"] = section("first call in a fresh process", lambda: [
+            first_call({**variants, **fa3_variants}[label], label) for label in [*mods, *fa3_mods]])
+        result["graph"] = section("CUDA graph decode step (flash-attn3: and dense forward)", lambda: [
+            graph_decode(fa, device, label) for label, fa in {**mods, **fa3_mods}.items()]
+            + [graph_dense(fa, device, label) for label, fa in fa3_mods.items()])
+        result["compile"] = section("torch.compile(fullgraph=True)", lambda: [
+            compiled(fa, device, label) for label, fa in {**mods, **fa3_mods}.items()])
         ok = bool(result["correctness"]) and all(
             r["ok"] for r in result["correctness"] + result["graph"] + result["compile"])
     result["ok"] = bool(ok)
@@ -617,7 +778,9 @@ def summary(result: dict) -> str:
                  f"{'host kvdec':>10} {'host dec':>9} {'1st call s':>11} {'graph':>6} {'compile':>8}")
     timing = {r["impl"]: r for r in result["timing"]}
     first = {r["impl"]: r for r in result["first_call"]}
-    graph = {r["impl"]: r for r in result["graph"]}
+    graph = {}
+    for r in result["graph"]:  # flash-attn3 has two graph checks (decode, dense): both must pass
+        graph[r["impl"]] = {"ok": graph.get(r["impl"], {}).get("ok", True) and r.get("ok", False)}
     comp = {r["impl"]: r for r in result["compile"]}
     for impl in list(by) + ["sdpa"]:
         t = timing.get(impl, {})

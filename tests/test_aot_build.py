@@ -1,4 +1,5 @@
-"""Real AOT builds of flash-attn2 (slow): every CUDA variant is Triton cubins per arch + the stable-ABI launcher.
+"""Real AOT builds of flash-attn2 (slow): every CUDA variant is Triton cubins per arch + the stable-ABI launcher;
+the stable-ABI variant of the [torch-noarch] repos with aot.toml (sliding-window, flash-attn3) likewise.
 
 Needs a CUDA build of torch >= 2.10 (the launcher compiles against its stable-ABI headers; e.g. .venv-cu130) and
 a Python with Triton (that venv's own, or $KERNEL_LOADER_TRITON_PYTHON); opted in with
@@ -151,23 +152,54 @@ def _package_module(folder: Path, name: str):
     return mod
 
 
-def test_sliding_window_aot_variant(tmp_path):
-    """A [torch-noarch] repo with aot.toml: the stable-ABI variant is cubins + launcher, checked like flash-attn2's."""
+NOARCH_AOT = {  # [torch-noarch] repos with aot.toml: repo -> what a CPU-only import of the variant must say
+    "sliding-window": None,
+    "flash-attn3": "flash-attn3 runs on CUDA (sm90) tensors only",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOARCH_AOT))
+def test_noarch_repo_aot_variant(tmp_path, name):
+    """A [torch-noarch] repo with aot.toml: the stable-ABI variant is cubins + launcher, checked like
+    flash-attn2's. flash-attn3's dense forward cubins carry their TMA descriptors' global scratch."""
     from kernel_loader.build import build_variant
+    from kernel_loader.build.aot import load_aot_config
     from kernel_loader.build.aot.resources import table_usage
 
     python = _cuda_python()
     assert python is not None
-    sw = FLASH_ATTN2_DIR.parent / "sliding-window"
-    r = build_variant(sw, out_dir=tmp_path, variant=VARIANTS[-1], python=python, progress=lambda _m: None)
+    kernel_dir = FLASH_ATTN2_DIR.parent / name
+    aot = load_aot_config(kernel_dir)
+    r = build_variant(kernel_dir, out_dir=tmp_path, variant=VARIANTS[-1], python=python, progress=lambda _m: None)
     keys = _package_module(r.path, "_aot_keys")
     table = json.loads((r.path / "cubins" / "table.json").read_text())
-    assert {(e["arch"], e["key"]) for e in table["entries"]} == {(a, k) for a in ("8.0", "9.0", "10.0")
-                                                                 for k in keys.all_keys()}
+    assert {(e["arch"], e["key"]) for e in table["entries"]} == {(a, k) for a in aot.archs for k in keys.all_keys()}
     problems = [p for u in table_usage(r.path / "cubins") for p in u.problems(table["archs"][u.arch])]
     assert not problems, problems[:10]
     info = json.loads((r.path / "build-info.json").read_text())
     assert info["abi_check"]["ok"] and info["abi_check"]["policy"]["manylinux"] == "manylinux_2_28"
-    assert not (r.path / "_triton_impl.py").exists() and r.size_bytes < BUDGET
+    assert not [f for f in aot.exclude if (r.path / f).exists()] and r.size_bytes < BUDGET
     for py in r.path.rglob("*.py"):
         assert not re.search(r"^\s*(import triton|from triton)", py.read_text(), re.M), py.name
+    if name == "flash-attn3":
+        meta = json.loads((r.path / "metadata.json").read_text())
+        assert meta["backend"] == {"type": "cuda", "archs": ["9.0"]} and r.ops == ("driver_version", "launch", "load")
+        scratch = {e["key"]: e.get("global_scratch") for e in table["entries"]}
+        assert all((v == [384, 128]) == k.startswith(("fwd/dense/", "fwd_short/dense/")) for k, v in scratch.items())
+    refusal = NOARCH_AOT[name]
+    if refusal:
+        code = f"""
+import importlib.util, sys, torch
+folder = {str(r.path)!r}
+spec = importlib.util.spec_from_file_location("v_aot", folder + "/__init__.py", submodule_search_locations=[folder])
+m = importlib.util.module_from_spec(spec); sys.modules["v_aot"] = m; spec.loader.exec_module(m)
+print("devices", m.SUPPORTED["devices"])
+q = torch.randn(1, 8, 2, 64, dtype=torch.float16)
+try:
+    m.flash_attn_func(q, q, q)
+except ValueError as e:
+    print("error", e)
+"""
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "devices ('cuda',)" in proc.stdout and refusal in proc.stdout

@@ -1,9 +1,11 @@
-"""flash-attn2's precompiled-kernel configuration space, without building or a GPU.
+"""The precompiled-kernel configuration space of flash-attn2 and flash-attn3, without building or a GPU.
 
-The build compiles one cubin per (arch, configuration) the spec (kernel_repos/flash-attn2/aot/spec.py) yields; the
-dispatch (_aot_dispatch.py) forms the configuration key of each call. These tests check the two agree for every
-input SUPPORTED admits on CUDA (property test), that the tile table has a config for every (kernel, arch,
-family), and that the cubins' "both window edges on" convention gives exactly flash_attn's visible band.
+The build compiles one cubin per (arch, configuration) the spec (kernel_repos/<repo>/aot/spec.py; flash-attn3's
+links to flash-attn2's) yields; the dispatch (_aot_dispatch.py, shared) forms the configuration key of each call.
+These tests check, for each repo with its own tiles and archs, that the two agree for every input SUPPORTED
+admits on CUDA (property test), that the tile table has a config for every (kernel, arch, family), which
+configurations load through TMA descriptors, and that the cubins' "both window edges on" convention gives exactly
+flash_attn's visible band.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,60 +27,100 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-from kernel_loader.build.aot import load_aot_config  # noqa: E402
+from kernel_loader.build.aot import AotConfig, load_aot_config  # noqa: E402
 from tiny_kernels import FLASH_ATTN2_DIR  # noqa: E402
 
-PKG = FLASH_ATTN2_DIR / "torch-ext" / "flash_attn2"
-ALIAS = "_fa2_aot_test_pkg"
+REPOS = ("flash-attn2", "flash-attn3")
 
 
-def _pkg_module(name: str):
-    """A module of the flash_attn2 package imported without running its __init__ (no _ops, no op registration)."""
-    if ALIAS not in sys.modules:
-        pkg = types.ModuleType(ALIAS)
-        pkg.__path__ = [str(PKG)]
-        sys.modules[ALIAS] = pkg
-    return importlib.import_module(f"{ALIAS}.{name}")
+def _pkg_module(kernel_dir: Path, name: str):
+    """A module of the repo's package imported without running its __init__ (no _ops, no op registration)."""
+    alias = f"_aot_test_pkg_{kernel_dir.name.replace('-', '_')}"
+    if alias not in sys.modules:
+        pkg = types.ModuleType(alias)
+        pkg.__path__ = [str(kernel_dir / "torch-ext" / kernel_dir.name.replace("-", "_"))]
+        sys.modules[alias] = pkg
+    return importlib.import_module(f"{alias}.{name}")
 
 
-keys = _pkg_module("_aot_keys")
-dispatch = _pkg_module("_aot_dispatch")
-checks = _pkg_module("_checks")
-AOT = load_aot_config(FLASH_ATTN2_DIR)
-TILES = tomllib.loads(AOT.tiles.read_text())
+@dataclass
+class Repo:
+    kernel_dir: Path
+    aot: AotConfig
+    tiles: dict
+    keys: object  # the package's _aot_keys
+    dispatch: object  # _aot_dispatch
+    checks: object  # _checks
+
+    @property
+    def package_dir(self) -> Path:
+        return self.kernel_dir / "torch-ext" / self.kernel_dir.name.replace("-", "_")
+
+    def configurations(self) -> dict[str, list[dict]]:
+        """arch -> what the build compiles (the spec imports the Triton kernels: needs triton)."""
+        pytest.importorskip("triton")
+        from kernel_loader.build.aot.compile_cubins import _load_spec
+
+        spec = _load_spec(str(self.aot.spec), str(self.package_dir))
+        return {arch: spec.configurations(arch, self.tiles) for arch in self.aot.archs}
+
+
+def _repo(name: str) -> Repo:
+    kernel_dir = FLASH_ATTN2_DIR.parent / name
+    aot = load_aot_config(kernel_dir)
+    return Repo(kernel_dir, aot, tomllib.loads(aot.tiles.read_text()), _pkg_module(kernel_dir, "_aot_keys"),
+                _pkg_module(kernel_dir, "_aot_dispatch"), _pkg_module(kernel_dir, "_checks"))
+
+
+@pytest.fixture(scope="module", params=REPOS)
+def repo(request) -> Repo:
+    return _repo(request.param)
 
 
 @pytest.fixture(scope="module")
-def spec_keys() -> dict[str, set[str]]:
-    """arch -> configuration keys the build compiles (the spec imports the Triton kernels: needs triton)."""
-    pytest.importorskip("triton")
-    from kernel_loader.build.aot.compile_cubins import _load_spec
-
-    spec = _load_spec(str(AOT.spec), str(PKG))
-    return {arch: {c["key"] for c in spec.configurations(arch, TILES)} for arch in AOT.archs}
+def spec_keys(repo) -> dict[str, set[str]]:
+    return {arch: {c["key"] for c in cfgs} for arch, cfgs in repo.configurations().items()}
 
 
-def test_spec_compiles_exactly_the_keys_the_dispatch_knows(spec_keys):
-    want = set(keys.all_keys())
-    assert len(want) == len(keys.all_keys())  # no key twice
+_FA2 = _repo("flash-attn2")
+dispatch, checks = _FA2.dispatch, _FA2.checks  # shared modules (flash-attn3's link to them)
+
+
+def test_spec_compiles_exactly_the_keys_the_dispatch_knows(repo, spec_keys):
+    want = set(repo.keys.all_keys())
+    assert len(want) == len(repo.keys.all_keys())  # no key twice
     for arch, have in spec_keys.items():
         assert have == want, (arch, sorted(want - have)[:5], sorted(have - want)[:5])
 
 
-def test_dispatch_space_is_what_supported_admits_on_cuda():
-    assert tuple(keys.HEAD_DIMS) == tuple(checks.GPU_HEAD_DIMS)
-    assert {dispatch._DT[d] for d in checks.GPU_DTYPES} == set(keys.DTYPES)
+def test_dispatch_space_is_what_supported_admits_on_cuda(repo):
+    assert tuple(repo.keys.HEAD_DIMS) == tuple(repo.checks.GPU_HEAD_DIMS)
+    assert {repo.dispatch._DT[d] for d in repo.checks.GPU_DTYPES} == set(repo.keys.DTYPES)
 
 
-def test_every_kernel_arch_and_family_has_a_tile_config():
-    for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
-        for arch in AOT.archs:
+def test_every_kernel_arch_and_family_has_a_tile_config(repo):
+    for kernel in ("fwd", "fwd_short", "bwd_dkdv", "bwd_dq"):
+        for arch in repo.aot.archs:
             for fam in ("small", "mid", "big"):
-                t = TILES[kernel][arch][fam]
+                t = repo.tiles[kernel][arch][fam]
                 assert t["block_m"] in (16, 32, 64, 128) and t["block_n"] in (16, 32, 64, 128)
                 assert t["num_warps"] in (4, 8) and 1 <= t["num_stages"] <= 4
-    for arch in AOT.archs:
-        assert TILES["bwd_delta"][arch]["all"]["block_m"] in (32, 64, 128)
+                assert set(t) <= {"block_m", "block_n", "num_warps", "num_stages", "tma"}
+                # TMA: forward tiles of archs that have it (sm90+)
+                assert "tma" not in t or (kernel.startswith("fwd") and arch in ("9.0", "10.0")), (kernel, arch, fam)
+    for arch in repo.aot.archs:
+        assert repo.tiles["bwd_delta"][arch]["all"]["block_m"] in (32, 64, 128)
+
+
+def test_tma_descriptors_only_in_the_dense_forward_of_flash_attn3(repo):
+    """flash-attn3 (sm90, like its JIT) loads the dense forward through device-side TMA descriptors; varlen and
+    kv-cache forwards, the backward and every flash-attn2 kernel load with pointers."""
+    for arch, cfgs in repo.configurations().items():
+        tma = {c["key"] for c in cfgs if c["constexprs"].get("USE_TMA")}
+        if repo.kernel_dir.name == "flash-attn3":
+            assert tma == {k for k in repo.keys.fwd_keys() if k.split("/")[1] == "dense"}, arch  # short too
+        else:
+            assert tma == set(), arch
 
 
 calls = st.fixed_dictionaries({
@@ -92,15 +136,16 @@ calls = st.fixed_dictionaries({
 
 @settings(max_examples=200, deadline=None)
 @given(call=calls)
-def test_every_supported_call_has_a_cubin_on_every_arch(spec_keys, call):
+def test_every_supported_call_has_a_cubin_on_every_arch(repo, spec_keys, call):
+    d = repo.dispatch
     q = torch.empty(2, 3, call["heads"][0], call["head_dim"], dtype=call["dtype"], device="meta")
     if call["kv"] != "none":  # flash_attn_with_kvcache: dense q over a cache
-        mode = dispatch.fwd_mode(False, True, call["kv"] == "paged")
-        needed = [dispatch.fwd_config(q, mode, call["softcap"], call["rows"])]
+        mode = d.fwd_mode(False, True, call["kv"] == "paged")
+        needed = [d.fwd_config(q, mode, call["softcap"], call["rows"])]
     else:
-        needed = [dispatch.fwd_config(q, dispatch.fwd_mode(call["varlen"], False, False), call["softcap"],
+        needed = [d.fwd_config(q, d.fwd_mode(call["varlen"], False, False), call["softcap"],
                                       call["rows"])]
-        needed += dispatch.bwd_configs(q, call["varlen"], call["softcap"])
+        needed += d.bwd_configs(q, call["varlen"], call["softcap"])
     for arch, have in spec_keys.items():
         missing = [k for k in needed if k not in have]
         assert not missing, f"sm_{arch}: no cubin for {missing}"

@@ -80,13 +80,31 @@ def test_bad_parameter_lists_and_images_are_refused_before_the_driver(launcher):
         ops.load(image, "k", "i32", 0, 0, 0)
 
 
+@pytest.mark.skipif(HAVE_DRIVER, reason="this machine has a CUDA driver")
+def test_global_scratch_token_is_parsed_before_the_driver(launcher):
+    """Kernels with device-side TMA descriptors name their global scratch as a last token; a well-formed one gets
+    as far as the driver (missing here), every malformed one is refused first, naming the token."""
+    ops = getattr(torch.ops, NS)
+    image = torch.ones(16, dtype=torch.uint8)
+    with pytest.raises(RuntimeError, match=r"cannot load the CUDA driver library"):
+        ops.load(image, "k", "*bf16:16,i32,global_scratch=384/128", 4, 0, 0)
+    for bad in ("global_scratch=384", "global_scratch=0/128", "global_scratch=384/96", "global_scratch=x/128",
+                "global_scratch=384/128/1", "global_scratch=2147483648/128", "global_scratch=384/8192"):
+        with pytest.raises(RuntimeError, match=rf"bad token '{bad}'; want global_scratch=<bytes>/<alignment>"):
+            ops.load(image, "k", f"*bf16:16,{bad}", 4, 0, 0)
+    with pytest.raises(RuntimeError, match=r"'global_scratch=384/128' must be the last parameter token"):
+        ops.load(image, "k", "*bf16:16,global_scratch=384/128,i32", 4, 0, 0)
+    with pytest.raises(RuntimeError, match=r"needs global scratch but takes no tensor"):
+        ops.load(image, "k", "i32,global_scratch=384/128", 4, 0, 0)
+
+
 def test_launch_with_cpu_tensors_is_a_clear_dispatch_error(launcher):
     ops = getattr(torch.ops, NS)
     with pytest.raises(NotImplementedError, match=r"CPU"):
         ops.launch(0, 1, 1, 1, [torch.zeros(4)], [], [])
 
 
-def _table(tmp_path: Path) -> Path:
+def _table(tmp_path: Path, **extra) -> Path:
     image = zlib.compress(b"\x7fELF not really a cubin")
     root = tmp_path / "variant"
     (root / "cubins").mkdir(parents=True)
@@ -94,7 +112,7 @@ def _table(tmp_path: Path) -> Path:
     entry = {"key": "fwd/dense/d64/fp16/nocap", "arch": "9.0", "name": "attn_fwd_kernel", "num_warps": 4,
              "shared": 1024, "params": [["Q", "*fp16:16"], ["n", "i32"], ["batch", "i32"], ["s", "fp32"]],
              "grid": [[["n"], "BLOCK_M"], [["batch", "h"], None]], "constexprs": {"BLOCK_M": 64}, "offset": 0,
-             "size": len(image)}
+             "size": len(image), **extra}
     (root / "cubins" / "table.json").write_text(json.dumps(
         {"format": 1, "triton": "3.6.0", "driver_min": 12000, "archs": {"9.0": ["9.0"]}, "entries": [entry]}))
     return root
@@ -105,7 +123,32 @@ def test_table_entries_know_their_grid_and_argument_order(tmp_path):
     (entry,) = tbl.entries.values()
     assert entry.grid_of({"n": 130, "batch": 3, "h": 5}) == (3, 15, 1)
     assert entry._names == (("Q",), ("n", "batch"), ("s",))
+    assert entry.global_scratch == (0, 1) and entry.launcher_params == "*fp16:16,i32,i32,fp32"
     assert runtime.table(tmp_path / "nothing-here", ops=None) is None
+
+
+def test_an_entry_with_global_scratch_asks_the_launcher_for_it(tmp_path):
+    """A TMA-descriptor kernel's entry (global_scratch: bytes per program, alignment) reaches the launcher's load
+    as a last parameter token; the launch arguments stay the kernel's own."""
+    root = _table(tmp_path, global_scratch=[384, 128])
+    loads = []
+
+    class Ops:  # records what the table hands the launcher (no driver here to load a cubin into)
+        @staticmethod
+        def driver_version(_):
+            return 13000
+
+        @staticmethod
+        def load(image, name, params, num_warps, shared, device):
+            loads.append((bytes(image.numpy()), name, params, num_warps, shared, device))
+            return 7
+
+    tbl = runtime.CubinTable(root, ops=Ops())
+    (entry,) = tbl.entries.values()
+    assert entry.global_scratch == (384, 128) and entry._names == (("Q",), ("n", "batch"), ("s",))
+    assert tbl.handle(entry, 1) == 7 and tbl.handle(entry, 1) == 7  # loaded once per (kernel, device)
+    assert loads == [(b"\x7fELF not really a cubin", "attn_fwd_kernel",
+                      "*fp16:16,i32,i32,fp32,global_scratch=384/128", 4, 1024, 1)]
 
 
 def test_a_gpu_without_cubins_gets_an_error_naming_what_the_build_has(tmp_path, monkeypatch):

@@ -3,7 +3,10 @@
     python -m kernel_loader.build.aot.compile_cubins REQUEST.json
 
 REQUEST: {"package_dir", "spec", "tiles", "archs", "out", "jobs", optional "only": [[arch, key], ...]}. Writes ``out/images.bin`` (zlib-compressed
-cubins back to back) and ``out/table.json`` (see runtime.py), and prints one JSON summary line.
+cubins back to back) and ``out/table.json`` (see runtime.py), and prints one JSON summary line. A kernel that
+builds tensor descriptors on the device (``tl.make_tensor_descriptor``: TMA on sm90+) needs global scratch per
+program; its entry says how much (``global_scratch``: [bytes per program, alignment]) and the launcher allocates
+it from torch's caching allocator at each launch, as Triton's own launcher does through ``triton.set_allocator``.
 
 The spec module (``spec`` in aot.toml) defines ``configurations(arch, tiles) -> list[dict]``, each dict:
 ``key`` (configuration name the run-time dispatch asks for), ``kernel`` ("module:function" inside the kernel
@@ -31,8 +34,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 PKG_ALIAS = "_aot_kernel_src"
-SCRATCH_ERROR = ("kernel {name} ({key}, sm_{arch}) needs {size} bytes of global scratch per program; the AOT "
-                 "launcher passes none (device-side tensor descriptors need it: use USE_TMA=False or host descriptors)")
+PROFILE_SCRATCH_ERROR = ("kernel {name} ({key}, sm_{arch}) needs {size} bytes of profile scratch (an "
+                         "instrumented compile); the AOT launcher passes none: compile without instrumentation")
 
 
 def _alias(package_dir: str) -> str:
@@ -89,9 +92,9 @@ def _compile_one(package_dir: str, arch: str, cfg: dict) -> dict:
                               target=GPUTarget("cuda", _capability(arch), 32),
                               options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]})
     md = compiled.metadata
-    if md.global_scratch_size or md.profile_scratch_size:
-        raise ValueError(SCRATCH_ERROR.format(name=md.name, key=cfg["key"], arch=arch,
-                                              size=md.global_scratch_size or md.profile_scratch_size))
+    if md.profile_scratch_size:
+        raise ValueError(PROFILE_SCRATCH_ERROR.format(name=md.name, key=cfg["key"], arch=arch,
+                                                      size=md.profile_scratch_size))
     if getattr(md, "num_ctas", 1) != 1 or md.launch_cooperative_grid or md.launch_pdl:
         raise ValueError(f"{cfg['key']}: clusters, cooperative grids and PDL are not supported by the AOT launcher")
     params = []
@@ -103,14 +106,20 @@ def _compile_one(package_dir: str, arch: str, cfg: dict) -> dict:
         if ty not in ("i32", "i64", "fp32") and not ty.startswith("*"):
             raise ValueError(f"{cfg['key']}: parameter {n} has type {ty}; the launcher takes *dtype, i32, i64, fp32")
         params.append([n, ty + (":16" if n in divisible else "")])
+    if getattr(md, "tensordesc_meta", None):
+        raise ValueError(f"{cfg['key']}: host-side tensor descriptor parameters are not supported by the AOT "
+                         f"launcher; build the descriptors in the kernel (tl.make_tensor_descriptor)")
     cubin = compiled.asm["cubin"]
-    return {
+    result = {
         "key": cfg["key"], "arch": arch, "kernel": cfg["kernel"], "name": md.name, "num_warps": md.num_warps,
         "num_stages": cfg["num_stages"], "shared": md.shared, "params": params, "grid": cfg["grid"],
         "constexprs": cfg["constexprs"], "cubin_sha256": hashlib.sha256(cubin).hexdigest(),
         "compile_seconds": round(time.monotonic() - t0, 2), "_cubin": zlib.compress(cubin, 9),
         "cubin_bytes": len(cubin),
     }
+    if md.global_scratch_size:  # device-side tensor descriptors: the launcher allocates size x programs bytes
+        result["global_scratch"] = [md.global_scratch_size, md.global_scratch_align]
+    return result
 
 
 def _ptxas_cuda() -> str:

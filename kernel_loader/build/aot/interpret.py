@@ -31,6 +31,7 @@ class InterpreterTable:
         except ImportError:  # Python 3.10
             import tomli as tomllib
 
+        self.kernel_dir = Path(kernel_dir)
         aot = load_aot_config(kernel_dir)
         spec = _load_spec(str(aot.spec), str(Path(importlib.import_module(package).__file__).parent))
         arch = arch or aot.archs[0]

@@ -5,11 +5,16 @@
 //   load(Tensor image, str name, str params, int num_warps, int shared, int device) -> int
 //       cuModuleLoadData of one cubin image (a CPU uint8 tensor) into the primary context of `device`, once per
 //       (kernel, device) -- the Python dispatch caches the returned handle. `params` lists the kernel's launch
-//       parameters in order, one token each (see parse_params), with the specialisations the cubin assumed.
+//       parameters in order, one token each (see parse_params), with the specialisations the cubin assumed, and
+//       optionally a last token `global_scratch=<bytes>/<alignment>` for kernels that need global scratch.
 //   launch(int handle, int gx, int gy, int gz, Tensor(a!)[] tensors, int[] ints, float[] floats) -> ()
 //       checks every argument against the handle's parameter list (device, dtype, 16-byte alignment, int32 range,
 //       divisibility by 16), then cuLaunchKernel on torch's current stream of the tensors' device (so it is
-//       captured by CUDA graphs like any torch kernel).
+//       captured by CUDA graphs like any torch kernel). A kernel with global scratch (Triton's device-side tensor
+//       descriptors: 128 bytes per TMA descriptor per program) gets bytes x programs from torch's caching
+//       allocator, on that stream, as its first trailing scratch pointer -- what triton.set_allocator supplies
+//       under the JIT. The block returns to the allocator after the launch; stream order keeps it the kernel's
+//       until the kernel ends, and under graph capture it comes from the graph's private pool.
 //   driver_version(Tensor probe) -> int
 //       cuDriverGetVersion (e.g. 12080), or an error naming what is missing.
 //
@@ -39,13 +44,17 @@ __attribute__((visibility("hidden"))) char __libc_single_threaded = 0;
 #include <dlfcn.h>
 
 #include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/core/ScalarType.h>
 #include <torch/headeronly/util/Exception.h>
 
+#include <cctype>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -162,7 +171,29 @@ struct Kernel {
   CUcontext ctx = nullptr;
   CUfunction fn = nullptr;
   size_t n_tensors = 0, n_ints = 0, n_floats = 0;
+  int64_t scratch_bytes = 0;  // global scratch per program (0: none)
+  int64_t scratch_align = 1;
 };
+
+constexpr const char* kScratchToken = "global_scratch=";
+
+// "global_scratch=<bytes>/<alignment>": bytes in (0, 2^30], alignment a power of two up to 4096.
+void parse_scratch(const std::string& tok, Kernel& k) {
+  const char* text = tok.c_str() + std::string(kScratchToken).size();
+  char* end = nullptr;
+  long long bytes = std::isdigit(static_cast<unsigned char>(*text)) ? std::strtoll(text, &end, 10) : 0;
+  long long align = 0;
+  if (end != nullptr && *end == '/' && std::isdigit(static_cast<unsigned char>(end[1]))) {
+    const char* a = end + 1;
+    align = std::strtoll(a, &end, 10);
+  }
+  STD_TORCH_CHECK(end != nullptr && *end == '\0' && bytes > 0 && bytes <= (1LL << 30) && align > 0 &&
+                      align <= 4096 && (align & (align - 1)) == 0,
+                  "aot launcher: bad token '", tok, "'; want global_scratch=<bytes>/<alignment> (bytes in (0, 2^30], "
+                  "alignment a power of two <= 4096)");
+  k.scratch_bytes = bytes;
+  k.scratch_align = align;
+}
 
 std::mutex g_mutex;
 std::vector<std::unique_ptr<Kernel>> g_kernels;  // handle = index; entries never move or go away
@@ -181,13 +212,18 @@ torch::headeronly::ScalarType dtype_of(const std::string& s, const std::string& 
 }
 
 // Tokens, comma-separated: "*bf16:16" (pointer to bf16, 16-byte aligned), "*i32" (no alignment assumed),
-// "i32", "i32:16" (divisible by 16), "i64", "fp32".
-std::vector<Param> parse_params(const std::string& spec) {
-  std::vector<Param> out;
+// "i32", "i32:16" (divisible by 16), "i64", "fp32"; then optionally "global_scratch=<bytes>/<alignment>" (last).
+void parse_params(const std::string& spec, Kernel& k) {
+  std::vector<Param>& out = k.params;
   size_t start = 0;
   while (start <= spec.size() && !spec.empty()) {
     size_t end = spec.find(',', start);
     std::string tok = spec.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (tok.rfind(kScratchToken, 0) == 0) {
+      STD_TORCH_CHECK(end == std::string::npos, "aot launcher: '", tok, "' must be the last parameter token");
+      parse_scratch(tok, k);
+      break;
+    }
     Param p;
     p.token = tok;
     std::string base = tok;
@@ -214,7 +250,6 @@ std::vector<Param> parse_params(const std::string& spec) {
     if (end == std::string::npos) break;
     start = end + 1;
   }
-  return out;
 }
 
 // Makes `ctx` current for the scope (restores the previous one); a no-op when it already is.
@@ -245,13 +280,15 @@ int64_t load(torch::stable::Tensor image, std::string name, std::string params, 
   STD_TORCH_CHECK(num_warps >= 1 && num_warps <= 32, "aot launcher: num_warps must be in [1, 32], got ", num_warps);
   auto k = std::make_unique<Kernel>();
   k->name = name;
-  k->params = parse_params(params);
+  parse_params(params, *k);
   k->num_warps = static_cast<int>(num_warps);
   k->shared = static_cast<int>(shared);
   k->device = static_cast<int>(device);
   for (const Param& p : k->params) {
     (p.kind == Kind::Ptr ? k->n_tensors : (p.kind == Kind::F32 ? k->n_floats : k->n_ints))++;
   }
+  STD_TORCH_CHECK(k->scratch_bytes == 0 || k->n_tensors > 0, "aot launcher: kernel ", name,
+                  " needs global scratch but takes no tensor to place it beside");
   const Driver& d = driver();
   CUdevice dev = 0;
   CU_CHECK(d.cuDeviceGet(&dev, k->device), "cuDeviceGet(" + std::to_string(device) + ")");
@@ -350,10 +387,21 @@ void launch(int64_t handle, int64_t gx, int64_t gy, int64_t gz, std::vector<torc
     }
     argv[i] = slot;
   }
-  // Triton >= 3.3 appends two scratch pointers (global, profile); the build refuses cubins that need scratch.
+  // Triton >= 3.3 appends two scratch pointers (global, profile); the build refuses cubins with profile scratch.
   argv[k.params.size()] = &storage[k.params.size()];
   argv[k.params.size() + 1] = &storage[k.params.size() + 1];
   if (gx * gy * gz == 0) return;
+  std::optional<torch::stable::Tensor> scratch;  // held until cuLaunchKernel has queued the kernel
+  if (k.scratch_bytes > 0) {
+    const int64_t programs = gx * gy * gz;  // < 2^63: gx < 2^31, gy, gz < 2^16
+    STD_TORCH_CHECK(programs <= (INT64_MAX - k.scratch_align) / k.scratch_bytes, "aot launcher: kernel ", k.name,
+                    ": global scratch of ", k.scratch_bytes, " bytes x ", programs, " programs overflows");
+    const int64_t bytes = programs * k.scratch_bytes + k.scratch_align - 1;
+    scratch = torch::stable::new_empty(tensors[0], {bytes}, torch::headeronly::ScalarType::Byte);
+    uint64_t base = reinterpret_cast<uint64_t>(scratch->data_ptr());
+    const uint64_t align = static_cast<uint64_t>(k.scratch_align);
+    storage[k.params.size()] = (base + align - 1) / align * align;
+  }
   void* stream = nullptr;
   STD_TORCH_CHECK(stream_getter()(k.device, &stream) == 0,
                   "aot launcher: cannot get the current CUDA stream of device ", k.device);

@@ -5,7 +5,9 @@ The variant holds ``cubins/table.json`` (one entry per (arch, configuration): ke
 parameter tokens, grid rule, constexprs) and ``cubins/images.bin`` (the zlib-compressed cubins, back to back).
 :class:`CubinTable` picks the entry for a device's compute capability, loads its cubin into that device once
 (the launcher's ``load`` op: cuModuleLoadData) and launches it (``launch`` op: cuLaunchKernel on torch's current
-stream). Launch arguments are given by parameter name; the grid comes from the entry's rule.
+stream). Launch arguments are given by parameter name; the grid comes from the entry's rule. An entry with
+``global_scratch`` (kernels that build TMA descriptors on the device) has the launcher allocate that many bytes
+per program from torch's caching allocator at each launch (stream-ordered, so CUDA-graph capturable).
 """
 
 from __future__ import annotations
@@ -40,12 +42,23 @@ class Entry:
     constexprs: dict
     offset: int
     size: int
+    global_scratch: tuple = (0, 1)  # (bytes per program, alignment) the launcher allocates; 0: none
 
     def __post_init__(self):
         tensors = tuple(n for n, t in self.params if t.startswith("*"))
         floats = tuple(n for n, t in self.params if t == "fp32")
         ints = tuple(n for n, t in self.params if not t.startswith("*") and t != "fp32")
         object.__setattr__(self, "_names", (tensors, ints, floats))
+
+    @property
+    def launcher_params(self) -> str:
+        """The parameter list as the launcher's load op parses it: one token per kernel parameter, then
+        ``global_scratch=<bytes>/<alignment>`` when the kernel needs global scratch."""
+        tokens = [t for _, t in self.params]
+        size, align = self.global_scratch
+        if size:
+            tokens.append(f"global_scratch={int(size)}/{int(align)}")
+        return ",".join(tokens)
 
     def grid_of(self, args: dict) -> tuple[int, int, int]:
         dims = []
@@ -79,7 +92,8 @@ class CubinTable:
         for e in data["entries"]:
             entry = Entry(key=e["key"], arch=e["arch"], name=e["name"], num_warps=e["num_warps"], shared=e["shared"],
                           params=tuple((n, t) for n, t in e["params"]), grid=tuple((tuple(g[0]), g[1]) for g in e["grid"]),
-                          constexprs=e["constexprs"], offset=e["offset"], size=e["size"])
+                          constexprs=e["constexprs"], offset=e["offset"], size=e["size"],
+                          global_scratch=tuple(e.get("global_scratch", (0, 1))))
             self.entries[(entry.arch, entry.key)] = entry
         self._handles: dict[tuple[int, int], int] = {}
         self._arch_of_device: dict[int, str | None] = {}
@@ -133,8 +147,8 @@ class CubinTable:
                     f.seek(entry.offset)
                     image = zlib.decompress(f.read(entry.size))
                 tensor = torch.frombuffer(bytearray(image), dtype=torch.uint8)
-                params = ",".join(t for _, t in entry.params)
-                h = int(self.ops.load(tensor, entry.name, params, entry.num_warps, entry.shared, device_index))
+                h = int(self.ops.load(tensor, entry.name, entry.launcher_params, entry.num_warps, entry.shared,
+                                      device_index))
                 self._handles[key] = h
         return h
 

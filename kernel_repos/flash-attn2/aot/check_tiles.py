@@ -1,5 +1,7 @@
 """Quick check of tiles.toml without a full build: compile the heaviest configuration of each (kernel, head dim,
-arch) -- paged + softcap forward, varlen + softcap backward -- and print registers, spills and shared memory.
+arch) -- paged + softcap forward, dense + softcap forward (the TMA kernel where a tile says tma), varlen + softcap
+backward -- and print registers, spills and shared memory. flash-attn3's aot/check_tiles.py links here; the repo
+is the one the script is called from.
 
     KERNEL_LOADER_TRITON_PYTHON=<python with triton> python kernel_repos/flash-attn2/aot/check_tiles.py [ARCH ...]
 """
@@ -11,8 +13,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).absolute().parent  # not resolved: flash-attn3's link names flash-attn3's aot/
 REPO = HERE.parents[2]
+PACKAGE = HERE.parent / "torch-ext" / HERE.parent.name.replace("-", "_")
 sys.path.insert(0, str(REPO))
 
 from kernel_loader.build.aot import load_aot_config  # noqa: E402
@@ -26,6 +29,8 @@ def main(archs):
     for arch in archs:
         for d in (64, 96, 128, 256):
             only += [[arch, f"fwd/paged/d{d}/bf16/softcap"], [arch, f"fwd/varlen/d{d}/bf16/nocap"],
+                     [arch, f"fwd/dense/d{d}/bf16/softcap"], [arch, f"fwd_short/paged/d{d}/bf16/softcap"],
+                     [arch, f"fwd_short/dense/d{d}/bf16/softcap"],
                      [arch, f"bwd_dkdv/varlen/d{d}/bf16/softcap"], [arch, f"bwd_dq/varlen/d{d}/bf16/softcap"]]
     pick = os.environ.get("CHECK_TILES_ONLY")  # substring filter on the key, e.g. "bwd_dkdv"
     if pick:
@@ -33,7 +38,7 @@ def main(archs):
     python = os.environ.get("KERNEL_LOADER_TRITON_PYTHON", sys.executable)
     with tempfile.TemporaryDirectory() as tmp:
         req = Path(tmp) / "req.json"
-        req.write_text(json.dumps({"package_dir": str(HERE.parent / "torch-ext" / "flash_attn2"), "spec": str(aot.spec),
+        req.write_text(json.dumps({"package_dir": str(PACKAGE), "spec": str(aot.spec),
                                    "tiles": str(aot.tiles), "archs": archs, "out": f"{tmp}/cubins", "jobs": 2,
                                    "only": only}))
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

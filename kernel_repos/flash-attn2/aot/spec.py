@@ -1,8 +1,15 @@
-"""Build side of flash-attn2's precompiled kernels: every (arch, configuration) kernel_loader.build.aot compiles.
+"""Build side of the precompiled kernels of flash-attn2 and flash-attn3 (flash-attn3's aot/spec.py links here;
+the two share the Triton kernels): every (arch, configuration) kernel_loader.build.aot compiles.
 
 Run by kernel_loader.build.aot.compile_cubins in a Python with Triton; ``KERNEL_PACKAGE`` is the kernel package
 imported as a bare namespace. The configuration keys come from the package's _aot_keys.py, the same module the
-run-time dispatch (_aot_dispatch.py) forms its keys with; tile configs come from tiles.toml.
+run-time dispatch (_aot_dispatch.py) forms its keys with; tile configs come from the repo's tiles.toml.
+
+TMA: a forward tile with ``tma = true`` (flash-attn3's sm90 tiles) compiles the dense forward with USE_TMA: Q/K/V
+come in through tensor descriptors the kernel builds on the device (128 bytes of global scratch per descriptor
+and program, which the launcher allocates; compile_cubins records the size). The dispatch's copies already meet
+what TMA needs: 16-byte aligned base and strides, last dim contiguous. varlen, kv-cache and paged forwards, and
+the backward, load with plain pointers, as under the JIT.
 
 Specialisations (``divisible``: tt.divisibility=16): every pointer (16-byte aligned; the dispatch copies an input
 that is not) and the row/head/batch strides of q, k, v, out and their gradients (multiples of 16 elements for
@@ -54,15 +61,21 @@ def _fwd(arch, tiles, mode, d, dtype, softcap, short=False):
     sig = _Sig(_types(FWD_IO, DTYPE[dtype], f32=("LSE",), i32_ptrs=("CU_Q", "CU_K", "SEQUSED_K", "BLOCK_TABLE"),
                       floats=("qk_scale", "softcap")))
     cex = dict(VARLEN=mode == "varlen", SEQUSED=mode in ("kvcache", "paged"), PAGED=mode == "paged", PAGE=0,
-               HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=softcap, USE_TMA=False, HEAD_DIM=d,
-               HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()), BLOCK_M=t["block_m"], BLOCK_N=t["block_n"],
-               PACK_GQA=short)
+               HAS_LEFT=True, HAS_RIGHT=True, SOFTCAP=softcap, HEAD_DIM=d,
+               HEAD_DIM_P=max(16, 1 << (d - 1).bit_length()), BLOCK_M=t["block_m"], BLOCK_N=t["block_n"])
+    # Short queries pack a KV head's query heads into the tile rows where the kernel can (flash-attn2's); TMA
+    # loads (flash-attn3's tiles) serve dense unpacked tiles only.
+    has_pack = "PACK_GQA" in _arg_names("_triton_fwd:attn_fwd_kernel")
+    pack = short and has_pack
+    if has_pack:
+        cex["PACK_GQA"] = pack
+    cex["USE_TMA"] = bool(t.get("tma")) and mode == "dense" and not pack
     for c in cex:
         sig[c] = "constexpr"
     return dict(key=keys.fwd_key(mode, d, dtype, softcap, short), kernel="_triton_fwd:attn_fwd_kernel", signature=_full(sig, "_triton_fwd:attn_fwd_kernel"),
                 constexprs=cex, divisible=[*FWD_IO, "LSE", "CU_Q", "CU_K", "SEQUSED_K", "BLOCK_TABLE", *FWD_STRIDES_16],
                 num_warps=t["num_warps"], num_stages=t["num_stages"],
-                grid=[[["seqlen_q_max", "group"], "BLOCK_M"], [["batch", "n_heads_k"], None]] if short else
+                grid=[[["seqlen_q_max", "group"], "BLOCK_M"], [["batch", "n_heads_k"], None]] if pack else
                 [[["seqlen_q_max"], "BLOCK_M"], [["batch", "n_heads"], None]])
 
 
@@ -98,6 +111,11 @@ def _bwd(arch, tiles, kernel, mode, d, dtype, softcap):
         sig[c] = "constexpr"
     return dict(key=keys.bwd_key(kernel, mode, d, dtype, softcap), kernel=fn, signature=_full(sig, fn),
                 constexprs=cex, divisible=div, num_warps=t["num_warps"], num_stages=t["num_stages"], grid=grid)
+
+
+def _arg_names(kernel_ref: str) -> list:
+    mod, fn = kernel_ref.split(":")
+    return getattr(importlib.import_module(f"{KERNEL_PACKAGE}.{mod}"), fn).arg_names
 
 
 def _full(sig: _Sig, kernel_ref: str) -> dict:

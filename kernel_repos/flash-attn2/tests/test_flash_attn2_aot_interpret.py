@@ -8,12 +8,16 @@ constexprs and grid rule, after checking every argument against the specialisati
 (16-byte aligned pointers, strides that are multiples of 16, pointer dtypes). Everything else -- keys, strides, window widening, page size, lse
 layout, backward delta/dK/dV/dQ -- is the real code, compared with the float64 reference.
 
-Small interpreter tiles (32x16) replace the committed GPU tiles: tile sizes change no argument.
+Small interpreter tiles (32x16) replace the committed GPU tiles: tile sizes change no argument. Every test runs
+for flash-attn2 (first arch: sm_80 constexprs) and flash-attn3 (sm_90: its tiles say ``tma``, so the dense forward
+runs the kernel that builds TMA descriptors on the device, which the interpreter emulates, zero-fill included).
+Each package's modules are imported as a bare namespace (no __init__, no compiled CPU kernel needed).
 """
 
 import importlib
 import os
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -27,16 +31,46 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRI
                                 reason="interpreter checks need TRITON_INTERPRET=1 from before triton's import")
 
 KERNEL_DIR = Path(__file__).resolve().parents[1]
+REPOS = ("flash-attn2", "flash-attn3")
 
 
-@pytest.fixture
-def aot(flash_attn2, monkeypatch):
-    from kernel_loader.build.aot.interpret import InterpreterTable, small_tiles
+def _bare_package(kernel_dir: Path) -> str:
+    """The repo's kernel package imported as a namespace (its __init__ does not run); returns the import name."""
+    name = f"_aot_interpret_{kernel_dir.name.replace('-', '_')}"
+    if name not in sys.modules:
+        folder = kernel_dir / "torch-ext" / kernel_dir.name.replace("-", "_")
+        pkg = types.ModuleType(name)
+        pkg.__path__, pkg.__file__ = [str(folder)], str(folder / "__init__.py")
+        sys.modules[name] = pkg
+    return name
+
+
+def _interpreter_tiles(kernel_dir: Path) -> dict:
+    """Small tiles for every (kernel, arch, family), keeping the repo's ``tma`` switch of each forward tile."""
+    import tomllib
+
+    from kernel_loader.build.aot import load_aot_config
+    from kernel_loader.build.aot.interpret import small_tiles
+
+    aot = load_aot_config(kernel_dir)
+    real = tomllib.loads(aot.tiles.read_text())
+    tiles = small_tiles(("fwd", "fwd_short", "bwd_delta", "bwd_dkdv", "bwd_dq"), aot.archs)
+    for kernel in ("fwd", "fwd_short"):
+        for arch, fams in tiles[kernel].items():
+            for fam, tile in fams.items():
+                tile["tma"] = bool(real[kernel][arch].get(fam, {}).get("tma"))
+    return tiles
+
+
+@pytest.fixture(params=REPOS)
+def aot(request, monkeypatch):
+    from kernel_loader.build.aot.interpret import InterpreterTable
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    dispatch = importlib.import_module(f"{flash_attn2.__name__}._aot_dispatch")
-    tiles = small_tiles(("fwd", "fwd_short", "bwd_delta", "bwd_dkdv", "bwd_dq"), ("8.0", "9.0", "10.0"))
-    return dispatch, InterpreterTable(KERNEL_DIR, flash_attn2.__name__, tiles)
+    kernel_dir = KERNEL_DIR.parent / request.param
+    package = _bare_package(kernel_dir)
+    dispatch = importlib.import_module(f"{package}._aot_dispatch")
+    return dispatch, InterpreterTable(kernel_dir, package, _interpreter_tiles(kernel_dir))
 
 
 def rel(a, b):
@@ -76,6 +110,8 @@ def test_dense_forward_and_backward(aot, case):
     cap = "softcap" if softcap else "nocap"
     assert tbl.launched == [f"fwd/dense/d{d}/fp16/{cap}", f"bwd_delta/dense/d{d}/fp16",
                             f"bwd_dkdv/dense/d{d}/fp16/{cap}", f"bwd_dq/dense/d{d}/fp16/{cap}"]
+    # flash-attn3's dense forward is the TMA-descriptor kernel, flash-attn2's the pointer one
+    assert tbl.configs[tbl.launched[0]]["constexprs"]["USE_TMA"] == (tbl.kernel_dir.name == "flash-attn3")
 
 
 @pytest.mark.parametrize("case", [
@@ -148,3 +184,4 @@ def test_kvcache_contiguous_and_paged_with_run_time_page_size(aot, page):
         torch.testing.assert_close(lse[i].double(), ref_lse[0], atol=1e-4, rtol=1e-4)
     # two query rows per sequence: the short-query (decode) tiles
     assert tbl.launched == [f"fwd_short/{'paged' if page else 'kvcache'}/d64/fp16/nocap"]
+    assert tbl.configs[tbl.launched[0]]["constexprs"]["USE_TMA"] is False  # kv caches load with pointers

@@ -10,7 +10,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 FA2 = ROOT.parent / "flash-attn2" / "torch-ext" / "flash_attn2"
 SHARED = ["_triton_fwd.py", "_triton_bwd.py", "_triton_launch.py", "_checks.py", "_kvcache.py", "_custom_ops.py",
-          "_reference.py"]
+          "_reference.py", "_aot_dispatch.py", "_aot_keys.py"]
 sys.path.insert(0, str(ROOT.parents[1] / "tests"))
 from reference import attention_ref  # noqa: E402
 

@@ -151,10 +151,9 @@ def register(package_name: str, ops, hopper_tiles: bool = False) -> Ops:
         return Ops(existing.fwd, existing.varlen_fwd, existing.kvcache_fwd)
     except (AttributeError, RuntimeError):
         pass
-    tma = hopper_tiles  # flash-attn3 style: TMA descriptors and larger tiles on sm90
+    tma = hopper_tiles  # flash-attn3 style (JIT): TMA descriptors and larger tiles on sm90
     global _AOT
-    if not hopper_tiles:  # flash-attn3 reuses this module with its own kernels: no flash-attn2 cubins for it
-        _AOT = _aot_dispatch.table(ops)
+    _AOT = _aot_dispatch.table(ops)  # this package's own cubins (flash-attn3's variants carry their own TMA ones)
 
     # ------------------------------------------------------------------------------------------- dense
     def fwd_impl(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool, window_left: int,

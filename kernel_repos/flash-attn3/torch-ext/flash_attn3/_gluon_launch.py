@@ -159,3 +159,10 @@ def compile_for_target(cfg: FwdConfig, capability: int = 90):
     src = GluonASTSource(gf.attn_fwd_kernel, _signature(cfg), constexprs=cfg.constexprs())
     return triton.compile(src, target=GPUTarget("cuda", capability, 32),
                           options=dict(num_warps=4, maxnreg=cfg.maxnreg))
+
+
+def is_compile_error(e: Exception) -> bool:
+    """``e`` is Triton's refusal to compile the Gluon kernel (then the op falls back to the tl kernel)."""
+    from triton.compiler.errors import CompilationError
+
+    return isinstance(e, CompilationError)

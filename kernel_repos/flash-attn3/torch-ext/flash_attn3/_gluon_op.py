@@ -5,8 +5,11 @@ The choice is made inside the op, eagerly, on real tensors (it reads strides and
 traces one op either way. Gradients come from the shared backward op, which needs only (q, k, v, out, lse).
 ``FLASH_ATTN3_GLUON=0`` turns the Gluon path off. If the Gluon kernel cannot be compiled by the installed Triton
 (its experimental API moves between releases), the reason is kept, said once, and the ``tl`` kernel runs.
+The Gluon kernel is JIT-only: the precompiled (AOT) variants leave its modules out (they import Triton), and
+there the dense forward is the shared op itself (:func:`shipped` is False).
 """
 
+import importlib.util
 import os
 import warnings
 from typing import Callable, Optional
@@ -16,12 +19,25 @@ import torch
 _broken: Optional[str] = None  # why the Gluon kernel cannot be built with this Triton (set on first failure)
 
 
+_shipped: Optional[bool] = None
+
+
+def shipped() -> bool:
+    """This variant carries the Gluon kernel's modules (the noarch Triton variant does; AOT variants do not)."""
+    global _shipped
+    if _shipped is None:
+        _shipped = importlib.util.find_spec(f"{__package__}._gluon_launch") is not None
+    return _shipped
+
+
 def gluon_reason(q, k, v, scale: float, softcap: float) -> Optional[str]:
     """None when this call goes to the Gluon kernel; else why the tl kernel takes it."""
     if os.environ.get("FLASH_ATTN3_GLUON", "1") == "0":
         return "FLASH_ATTN3_GLUON=0"
     if _broken is not None:
         return _broken
+    if not shipped():
+        return "this build ships no Gluon kernel (a precompiled variant)"
     if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] != 9:
         return "not an sm90 CUDA tensor"
     if not scale > 0:
@@ -56,8 +72,7 @@ def register(ns: str, tl_fwd: Callable):
             try:
                 return _gluon_launch.forward(q, k, v, scale=scale, causal=causal, window=(window_left, window_right))
             except Exception as e:
-                from triton.compiler.errors import CompilationError
-                if not isinstance(e, CompilationError):
+                if not _gluon_launch.is_compile_error(e):
                     raise
                 _disable(f"Gluon compile failed ({str(e).strip().splitlines()[-1][:200]})")
         return tl_fwd(q, k, v, scale, causal, window_left, window_right, softcap)

@@ -1,11 +1,17 @@
-"""FA3's flash_attn_interface on the shared Triton kernels, Hopper tiles and TMA loads switched on."""
+"""FA3's flash_attn_interface on the shared Triton kernels, Hopper tiles and TMA loads switched on.
+
+CUDA calls run the precompiled sm_90 cubins of an AOT variant (torch-stable-abi210-cuXYZ: no Triton, no JIT; the
+dense forward loads through TMA descriptors the kernel builds on the device) or, in the noarch ``torch-cuda``
+variant, Triton JIT with the Gluon warp-specialized dense forward. ``FLASH_ATTN2_CUDA_IMPL=auto|aot|triton`` (the
+shared _custom_ops.py) forces one.
+"""
 
 import os
 from typing import Optional
 
 import torch
 
-from . import _checks, _custom_ops, _gluon_op, _kvcache
+from . import _aot_dispatch, _checks, _custom_ops, _gluon_op, _kvcache
 
 try:
     from ._ops import ops
@@ -13,17 +19,22 @@ except ImportError:
     ops = None
 
 SUPPORTED = {
-    "devices": ("cuda",) if _custom_ops.triton_available() else (),
+    # CUDA: the variant's cubins, or the Triton kernels it ships (noarch) with a Triton installed.
+    "devices": ("cuda",) if _aot_dispatch.table(ops) is not None or _custom_ops.triton_shipped() else (),
     "dtypes": _checks.GPU_DTYPES,
     "head_dims": _checks.GPU_HEAD_DIMS,
     "backward": True,
 }
 
-# No compiled ops in this package: the custom ops run Triton on CUDA tensors (and, for tests, on CPU tensors
-# under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton).
-_OPS = _custom_ops.register(__name__, None, hopper_tiles=True)
-# Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py).
-_DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd)
+# The custom ops run the AOT variant's cubins (``ops``: the launcher) or Triton on CUDA tensors (and, for tests,
+# Triton on CPU tensors under TRITON_INTERPRET=1 with FLASH_ATTN2_CPU_IMPL=triton). No CPU kernel.
+_OPS = _custom_ops.register(__name__, ops, hopper_tiles=True)
+# Dense calls on sm90: the Gluon warp-specialized kernel where it applies, else _OPS.fwd (see _gluon_op.py). A
+# precompiled variant ships no Gluon kernel: its dense calls go straight to _OPS.fwd (no second op layer).
+_DENSE_FWD = _gluon_op.register(_custom_ops.namespace(__name__), _OPS.fwd) if _gluon_op.shipped() else _OPS.fwd
+# A plain eager call without gradients may skip the custom-op dispatcher (_custom_ops.direct); the Gluon op has no
+# separate implementation to call, so only the shared op's is used directly.
+_DENSE_IMPL = _OPS.fwd_impl if _DENSE_FWD is _OPS.fwd else None
 
 
 def _device_ok(who: str, q: torch.Tensor):
@@ -63,7 +74,8 @@ def flash_attn_func(q, k, v, softmax_scale=None, causal=False, qv=None, q_descal
     _checks.dense(who, q, k, v, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _DENSE_FWD(q, k, v, scale, bool(causal), left, right, softcap)
+    op = _DENSE_IMPL if _DENSE_IMPL and _custom_ops.direct(q, k, v) else _DENSE_FWD
+    out, lse = op(q, k, v, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
 
@@ -78,8 +90,9 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     _checks.varlen(who, q, k, v, cu_seqlens_q, cu_seqlens_k, *_device_ok(who, q))
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _OPS.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale,
-                               bool(causal), left, right, softcap)
+    op = _OPS.varlen_fwd_impl if _OPS.varlen_fwd_impl and _custom_ops.direct(q, k, v) else _OPS.varlen_fwd
+    out, lse = op(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k), scale, bool(causal),
+                  left, right, softcap)
     return (out, lse) if return_attn_probs else out
 
 
@@ -101,6 +114,7 @@ def flash_attn_with_kvcache(q, k_cache, v_cache, k=None, v=None, qv=None, rotary
     seqlens = _kvcache.check_shapes(q, k_cache, v_cache, k, v, cache_seqlens, page_table, dtypes, head_dims)
     scale, softcap = _common(who, q, softmax_scale, softcap)
     left, right = _checks.window(who, window_size)
-    out, lse = _OPS.kvcache_fwd(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right,
-                                softcap)
+    op = _OPS.kvcache_fwd_impl if _OPS.kvcache_fwd_impl and _custom_ops.direct(q, k_cache, v_cache, k, v) \
+        else _OPS.kvcache_fwd
+    out, lse = op(q, k_cache, v_cache, k, v, seqlens, page_table, scale, bool(causal), left, right, softcap)
     return (out, lse) if return_softmax_lse else out

@@ -1,0 +1,1 @@
+../../flash-attn2/aot/spec.py
