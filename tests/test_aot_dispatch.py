@@ -114,13 +114,16 @@ def test_every_kernel_arch_and_family_has_a_tile_config(repo):
 
 def test_tma_descriptors_only_in_the_dense_forward_of_flash_attn3(repo):
     """flash-attn3 (sm90, like its JIT) loads the dense forward through device-side TMA descriptors; varlen and
-    kv-cache forwards, the backward and every flash-attn2 kernel load with pointers."""
+    kv-cache forwards, the backward and every flash-attn2 kernel load with pointers. Short-query (decode)
+    forwards pack a KV head's query heads into the tile rows instead, in both repos (no TMA tile for that)."""
     for arch, cfgs in repo.configurations().items():
         tma = {c["key"] for c in cfgs if c["constexprs"].get("USE_TMA")}
         if repo.kernel_dir.name == "flash-attn3":
-            assert tma == {k for k in repo.keys.fwd_keys() if k.split("/")[1] == "dense"}, arch  # short too
+            assert tma == {k for k in repo.keys.fwd_keys() if k.startswith("fwd/dense/")}, arch
         else:
             assert tma == set(), arch
+        packed = {c["key"] for c in cfgs if c["constexprs"].get("PACK_GQA")}
+        assert packed == {k for k in repo.keys.fwd_keys() if k.startswith("fwd_short/")}, arch
 
 
 calls = st.fixed_dictionaries({
