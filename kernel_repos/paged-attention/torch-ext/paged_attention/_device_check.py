@@ -94,6 +94,30 @@ def state_for(device: torch.device) -> DeviceCheckState:
     return st
 
 
+def device_report_for(device: torch.device) -> DeviceCheckState:
+    """The state of ``device`` with its report in device memory (copied to pinned memory after each launch): what
+    the precompiled kernels take, since their launcher accepts device tensors only."""
+    st = state_for(device)
+    if not st.copy_after_launch:
+        st.use_device_report()
+    return st
+
+
+_sinks: dict[torch.device, DeviceCheckState] = {}
+
+
+def sink_for(device: torch.device) -> DeviceCheckState:
+    """Report buffers nobody reads, for kernels that always check their indices when the caller asked for no
+    report (validation "host": checked before launch; "off"): the kernel still never reads outside the cache."""
+    key = _key(device)
+    st = _sinks.get(key)
+    if st is None:
+        word = torch.zeros(1, dtype=torch.int32, device=key)
+        report = torch.zeros(REPORT_LEN, dtype=torch.int32, device=key)
+        st = _sinks[key] = DeviceCheckState(key, word, report, torch.zeros(REPORT_LEN, dtype=torch.int32))
+    return st
+
+
 def raise_pending(device: torch.device) -> None:
     """Raise the report of an earlier call on ``device``, if its kernel flagged bad indices (no sync)."""
     st = _states.get(_key(device))
