@@ -1,6 +1,6 @@
-"""Build side of paged-attention's precompiled decode (kernel_loader.build.aot): one decode cubin per (arch, layout,
-page rows, padded head size, query dtype, cache format) and one merge cubin per (arch, padded head size, dtype); see
-_aot_keys.py for what is a run-time argument instead.
+"""Build side of paged-attention's precompiled kernels (kernel_loader.build.aot): one decode cubin per (arch, layout,
+page rows, padded head size, query dtype, cache format), one merge cubin per (arch, padded head size, dtype) and one
+cache-write cubin per (arch, layout, key dtype, cache format); see _aot_keys.py for what is a run-time argument.
 
 Specialisations the dispatch meets (and the launcher checks): q/out/caches/partials 16-byte aligned, the head size
 and every q/out/cache/partials stride except the block table's a multiple of 16 elements. The vLLM layout is
@@ -56,6 +56,19 @@ def _reduce(bucket, dtype, fn):
                 num_warps=4, num_stages=1, grid=[[["num_seqs"], None], [["num_heads"], None]])
 
 
+def _cache(layout, dtype, cache, fn, d_pad):
+    fp8 = cache == "fp8"
+    x = (16 if fp8 else 8) if layout == "vllm" else d_pad
+    cex = dict(D_PAD=d_pad, X=x, FP8=fp8, CHECK=True)
+    sig = {n: ("constexpr" if n in cex else "i32") for n in fn.arg_names}
+    kv = "*u8" if fp8 else PTR[dtype]
+    sig.update(KEY=PTR[dtype], VALUE=PTR[dtype], KC=kv, VC=kv, SLOTS="*i64", ERR="*i32", REP="*i32",
+               k_scale="fp32", v_scale="fp32")
+    return dict(key=keys.cache_key(layout, dtype, cache), kernel="_triton_impl:_write_slots", signature=sig,
+                constexprs=cex, divisible=[], num_warps=2, num_stages=1,
+                grid=[[["num_tokens"], None], [["num_kv_heads"], None]])
+
+
 def configurations(arch: str, tiles: dict):
     impl = importlib.import_module(f"{KERNEL_PACKAGE}._triton_impl")
     out = []
@@ -69,4 +82,8 @@ def configurations(arch: str, tiles: dict):
     for bucket in keys.HEAD_BUCKETS:
         for dtype in keys.DTYPES:
             out.append(_reduce(bucket, dtype, impl._decode_reduce))
+    for layout in keys.LAYOUTS:
+        for dtype in keys.DTYPES:
+            for cache in keys.CACHE_FORMATS:
+                out.append(_cache(layout, dtype, cache, impl._write_slots, impl.CACHE_D_PAD))
     return out

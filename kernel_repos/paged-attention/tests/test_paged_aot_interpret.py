@@ -15,7 +15,18 @@ import torch
 import paged_attention as pa
 from paged_attention import _aot_dispatch, _device_check
 from paged_ref import decode_ref, fp8_round
-from test_paged_attention_cpu import _case, _fill
+from test_paged_attention_cpu import _case
+from test_paged_attention_cpu import _fill as _fill_with
+
+
+def _fill(*args, **kwargs):
+    """Cache writes on the torch path (the interpreter runs one program per token and head: slow); the cache-write
+    kernel has its own tests below."""
+    os.environ["PAGED_ATTENTION_CPU_IMPL"] = "torch"
+    try:
+        _fill_with(*args, **kwargs)
+    finally:
+        os.environ["PAGED_ATTENTION_CPU_IMPL"] = "aot"
 
 pytest.importorskip("triton")
 KERNEL_DIR = Path(__file__).resolve().parents[1]
@@ -79,9 +90,10 @@ def test_fp8_cache_is_read_exactly_without_fp8_hardware(table, layout, storage):
     hq, hk, d, bs = 8, 2, 128, 16
     sc, kc, vc, q = _case(11, [33, 170], hq, hk, d, bs, F16, layout=layout, fp8=True)
     kc, vc = kc.view(storage), vc.view(storage)
-    _fill(sc, kc, vc, F16, layout, "fp8", 0.05, 0.02)
+    _fill_with(sc, kc, vc, F16, layout, "fp8", 0.05, 0.02)  # the cache-write kernel
     out, scale = _run(layout, q, kc, vc, sc, hk, bs, kv="fp8", ks=0.05, vs=0.02)
-    assert table.launched[0] == f"decode/{layout}/{'p16' if layout == 'vllm' else 'r16'}/d128/fp16/fp8"
+    assert table.launched[0] == f"cache/{layout}/fp16/fp8"
+    assert table.launched[1] == f"decode/{layout}/{'p16' if layout == 'vllm' else 'r16'}/d128/fp16/fp8"
     kr = lambda x: fp8_round(x.to(F16).double(), 0.05)  # noqa: E731
     vr = lambda x: fp8_round(x.to(F16).double(), 0.02)  # noqa: E731
     assert _rel(out, decode_ref(q, sc, scale, kv_round=(kr, vr))) < 2e-3
@@ -131,3 +143,61 @@ def test_inputs_without_a_cubin_take_the_torch_path(table):
     assert table.launched == []
     rd = lambda x: x.to(F16).double()  # noqa: E731
     assert _rel(out, decode_ref(q, sc, scale, kv_round=(rd, rd))) < 2e-3
+
+
+@pytest.mark.parametrize("layout", ["vllm", "flash"])
+@pytest.mark.parametrize("kv,storage", [("auto", None), ("fp8", torch.uint8), ("fp8_e4m3", torch.float8_e4m3fn)])
+def test_cache_write_kernel_is_bitwise_the_torch_path(table, monkeypatch, layout, kv, storage):
+    """reshape_and_cache[_flash] through the cache-write cubin's kernel vs the torch index ops: the same bytes in every
+    slot (fp8: the kernel's integer e4m3 rounding against torch's conversion, values spanning subnormals to
+    saturation), padding slots (-1) skipped, nothing else touched."""
+    from paged_ref import flash_caches, vllm_caches
+
+    g = torch.Generator().manual_seed(21)
+    hk, d, bs, nb = 2, 80, 16, 6
+    n = 40
+    key = (torch.randn(n, hk, d, generator=g) * torch.logspace(-4, 3, d)).to(F16)  # |x| from 1e-4 to ~1e3
+    value = torch.randn(n, hk, d, generator=g).to(F16)
+    slots = torch.randperm(nb * bs, generator=g)[:n]
+    slots[::7] = -1
+    fp8 = storage is not None
+    sc = type("S", (), {"keys": [torch.zeros(1, hk, d)], "num_blocks": nb})()
+    caches = vllm_caches if layout == "vllm" else flash_caches
+    write = pa.reshape_and_cache if layout == "vllm" else pa.reshape_and_cache_flash
+    results = []
+    for impl in ("aot", "torch"):
+        monkeypatch.setenv("PAGED_ATTENTION_CPU_IMPL", impl)
+        kc, vc = caches(sc, bs, F16, fp8=fp8)
+        if fp8:
+            kc, vc = kc.view(storage), vc.view(storage)
+        write(key, value, kc, vc, slots, kv, 0.05, 0.02)
+        results.append((kc, vc))
+    assert table.launched == [f"cache/{layout}/fp16/{'fp8' if fp8 else 'auto'}"]
+    for a, b in zip(*results):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))
+
+
+def test_cache_write_slot_past_the_cache_is_skipped_and_reported(table):
+    """Under CUDA-graph capture the host cannot read slot_mapping; the kernel's own check is what stops a bad slot.
+    Here the host check is off ("off" mode skips it) and device-mode reporting is what remains."""
+    from paged_ref import flash_caches
+
+    sc = type("S", (), {"keys": [torch.zeros(1, 2, 64)], "num_blocks": 4})()
+    kc, vc = flash_caches(sc, 16, F16)
+    before = kc.clone()
+    key = torch.randn(3, 2, 64).to(F16)
+    pa.set_validation("off")
+    _device_check.device_report_for(torch.device("cpu"))  # the report the kernel writes in "device" mode
+    from paged_attention import _aot_dispatch as disp
+    from paged_attention._validate import flash_geometry
+
+    geom = flash_geometry(kc, vc, "auto", F16)
+    disp.write_slots(table, "cache/flash/fp16/auto", key, key, kc, vc, geom, torch.tensor([5, 64, 9]), 1.0, 1.0,
+                     mode="device")
+    assert torch.equal(kc.view(-1, 2, 64)[5], key[0]) and torch.equal(kc.view(-1, 2, 64)[9], key[2])
+    untouched = torch.ones(64, dtype=torch.bool)
+    untouched[[5, 9]] = False
+    assert torch.equal(kc.view(-1, 2, 64)[untouched].view(torch.uint8), before.view(-1, 2, 64)[untouched].view(
+        torch.uint8))
+    with pytest.raises(ValueError, match=r"slot_mapping\[1\] = 64 is past the cache: it has 64 slots.*cache write"):
+        pa.check_errors()

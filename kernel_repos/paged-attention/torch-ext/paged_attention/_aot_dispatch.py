@@ -1,4 +1,5 @@
-"""Host side of the precompiled decode kernels (AOT variants: cubins + the build's launcher ops; no Triton).
+"""Host side of the precompiled kernels (AOT variants: cubins + the build's launcher ops; no Triton): decode
+(v1/v2/flash), its partition merge, and the cache writes (reshape_and_cache[_flash]).
 
 :func:`decode_key` says whether a call has a cubin (else the caller runs the torch path: float32 queries, head
 sizes that are not multiples of 16, flash caches whose strides are not multiples of 16 elements); :func:`decode`
@@ -168,3 +169,40 @@ def decode(tbl, key: str, out, query, key_cache, value_cache, geom, scale: float
         copy_tmp[:, :, :plan.nparts].copy_(acc_buf[:, :, :plan.nparts])
     if o is not out:
         out.copy_(o)
+
+
+def cache_key(key: torch.Tensor, geom) -> str | None:
+    """The cache-write cubin for these tokens (fp16/bf16 keys, any head size up to 256), or None (torch path)."""
+    if key.dtype not in _DT:
+        return None
+    return keys.cache_key(geom.layout, _DT[key.dtype], "fp8" if geom.fp8 else "auto")
+
+
+def write_slots(tbl, cfg_key: str, key, value, key_cache, value_cache, geom, slot_mapping, k_scale: float,
+                v_scale: float, mode: str = "device") -> None:
+    """reshape_and_cache[_flash] on the cache-write cubin: no host sync (padding slots are skipped in the kernel)."""
+    n, h, d = key.shape
+    if n == 0:
+        return
+    device = key.device
+    entry = tbl.entry(cfg_key, device)
+    kc = key_cache.view(torch.uint8) if geom.fp8 else key_cache
+    vc = value_cache.view(torch.uint8) if geom.fp8 else value_cache
+    if geom.layout == "vllm":
+        sk = (kc.stride(0), kc.stride(1), kc.stride(3), kc.stride(2))
+        sv = (vc.stride(0), vc.stride(1), vc.stride(3), vc.stride(2))
+    else:
+        sk = (kc.stride(0), kc.stride(2), kc.stride(1), 0)
+        sv = (vc.stride(0), vc.stride(2), vc.stride(1), vc.stride(3))
+    state = _device_check.device_report_for(device) if mode == "device" else _device_check.sink_for(device)
+    slots = slot_mapping if slot_mapping.dtype == torch.int64 else slot_mapping.to(torch.int64)
+    args = dict(KEY=key, VALUE=value, KC=kc, VC=vc, SLOTS=slots, ERR=state.word, REP=state.report, k_scale=k_scale,
+                v_scale=v_scale, num_slots=geom.num_blocks * geom.block_size, page_size=geom.block_size,
+                num_blocks=geom.num_blocks, D=d, stride_kn=key.stride(0), stride_kh=key.stride(1),
+                stride_vn=value.stride(0), stride_vh=value.stride(1), stride_ckb=sk[0], stride_ckh=sk[1],
+                stride_ckt=sk[2], stride_ckx=sk[3], stride_cvb=sv[0], stride_cvh=sv[1], stride_cvt=sv[2],
+                stride_cvd=sv[3], num_tokens=n, num_kv_heads=h)
+    index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda"
+                                                           else 0)
+    tbl.launch(entry, index, args)
+    state.after_launch()

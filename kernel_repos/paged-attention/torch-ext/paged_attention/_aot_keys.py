@@ -5,6 +5,7 @@ ALiBi and split/direct output are run-time arguments of one cubin, so a configur
     decode/<layout>/<rows>/d<padded head size>/<query dtype>/<cache format>   (rows: vllm p8|p16|p32 = the page,
                                                                                 flash r<PS>: tokens per page row)
     reduce/d<padded head size>/<query dtype>                                   (the partition merge)
+    cache/<layout>/<key dtype>/<cache format>                 (reshape_and_cache[_flash]: any head size, slots)
 
 Head sizes that are multiples of 16 from 32 to 256 run on cubins (64..256 is what the CUDA path promises); other
 inputs the validator accepts (head sizes 40, 56, 72, ..., float32 queries, flash caches whose strides are not
@@ -42,6 +43,10 @@ def reduce_key(bucket: int, dtype: str) -> str:
     return f"reduce/d{bucket}/{dtype}"
 
 
+def cache_key(layout: str, dtype: str, cache: str) -> str:
+    return f"cache/{layout}/{dtype}/{cache}"
+
+
 def all_keys() -> list[str]:
     keys = []
     for layout in LAYOUTS:
@@ -49,4 +54,5 @@ def all_keys() -> list[str]:
             rows = VLLM_PAGES if layout == "vllm" else tuple(r for r in FLASH_ROWS if r <= FLASH_TILE[b])
             keys += [decode_key(layout, r, b, t, c) for r in rows for t in DTYPES for c in CACHE_FORMATS]
     keys += [reduce_key(b, t) for b in HEAD_BUCKETS for t in DTYPES]
+    keys += [cache_key(layout, t, c) for layout in LAYOUTS for t in DTYPES for c in CACHE_FORMATS]
     return keys

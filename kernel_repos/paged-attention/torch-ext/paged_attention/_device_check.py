@@ -18,7 +18,8 @@ import torch
 from ._validate import fail
 
 # report layout (int32): [kind, seq, a, b, num_blocks]; kind 1: block_tables[seq, a] = b out of range,
-# kind 2: seq_lens[seq] = a outside 0..b (b = what the block table and max_seq_len cover)
+# kind 2: seq_lens[seq] = a outside 0..b (b = what the block table and max_seq_len cover); kind 3: slot_mapping[seq]
+# = a past the cache's b slots (a cache write)
 REPORT_LEN = 8
 
 
@@ -64,6 +65,10 @@ class DeviceCheckState:
         self.errors_seen += 1
         where = (f"an earlier decode call on {self.device} (checked on the device, validation mode 'device'; "
                  "set_validation('host') checks before launch at one host sync per call)")
+        if kind == 3:
+            fail(f"slot_mapping[{seq}] = {a} is past the cache: it has {b} slots (num_blocks x block_size; valid "
+                 f"0..{b - 1}, or negative to skip a padding token); seen by {where.replace('decode', 'cache write')}. "
+                 "That token was not written")
         if kind == 1:
             fail(f"block_tables[{seq}, {a}] = {b} is out of range: the cache has {nblocks} blocks (valid "
                  f"0..{nblocks - 1}); seen by {where}. Nothing outside the cache was read; that call wrote NaN to "

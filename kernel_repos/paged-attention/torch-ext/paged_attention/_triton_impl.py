@@ -262,3 +262,98 @@ def decode(out, query, key_cache, value_cache, geom, scale, block_tables, seq_le
         )
     if check:
         state.after_launch()
+
+
+# ------------------------------------------------------------------------------------------------- cache writes
+
+@triton.jit
+def _to_e4m3(x):
+    """float32 -> e4m3fn bits (uint8), round to nearest even, saturated to +-448 like _torch_impl.quantize; NaN ->
+    0x7F. Integer ops on the float's bits: no fp8 hardware needed (sm_80)."""
+    a = tl.minimum(tl.abs(x), 448.0)
+    bits = a.to(tl.uint32, bitcast=True)
+    r = (bits + 0x7FFFF + ((bits >> 20) & 1)) & 0xFFF00000  # mantissa rounded to 3 bits (a carry bumps the exponent)
+    normal = (((r >> 23) - 120) << 3) | ((r >> 20) & 7)
+    sub = (a + 16384.0).to(tl.uint32, bitcast=True) - 0x46800000  # a / 2^-9 rounded to even: the ulp of 2^14
+    code = tl.where(a >= 0.015625, normal, sub)
+    code = tl.where(x < 0, code | 0x80, code)
+    return tl.where(x != x, 0x7F, code).to(tl.uint8)
+
+
+@triton.jit(do_not_specialize=["num_slots", "page_size"])
+def _write_slots(
+    KEY, VALUE, KC, VC, SLOTS, ERR, REP, k_scale, v_scale, num_slots, page_size, num_blocks, D,
+    stride_kn, stride_kh, stride_vn, stride_vh,
+    stride_ckb, stride_ckh, stride_ckt, stride_ckx,
+    stride_cvb, stride_cvh, stride_cvt, stride_cvd,
+    D_PAD: tl.constexpr, X: tl.constexpr, FP8: tl.constexpr, CHECK: tl.constexpr,
+):
+    """Token i's key/value of head h into slot SLOTS[i] (a negative slot: padding, skipped). A slot past the cache
+    is never written; with CHECK the first one is reported (kind 3)."""
+    i = tl.program_id(0)
+    h = tl.program_id(1)
+    slot = tl.load(SLOTS + i).to(tl.int64)
+    ok = (slot >= 0) & (slot < num_slots)
+    if CHECK:
+        if slot >= num_slots:
+            if h == 0:
+                if tl.atomic_cas(ERR, 0, 1) == 0:
+                    tl.store(REP + 1, i)
+                    tl.store(REP + 2, tl.minimum(slot, 2147483647).to(tl.int32))
+                    tl.store(REP + 3, num_slots)
+                    tl.store(REP + 4, num_blocks)
+                    tl.store(REP, 3)
+    s = tl.where(ok, slot, 0)
+    blk = s // page_size
+    off = s % page_size
+    offs_d = tl.arange(0, D_PAD)
+    slot_v = tl.zeros([D_PAD], tl.int64) + slot  # (a scalar mask operand trips Triton's interpreter)
+    mask = (offs_d < D) & (slot_v >= 0) & (slot_v < num_slots)
+    k = tl.load(KEY + i.to(tl.int64) * stride_kn + h * stride_kh + offs_d, mask=mask, other=0.0)
+    v = tl.load(VALUE + i.to(tl.int64) * stride_vn + h * stride_vh + offs_d, mask=mask, other=0.0)
+    if FP8:
+        k = _to_e4m3(tl.div_rn(k.to(tl.float32), k_scale))
+        v = _to_e4m3(tl.div_rn(v.to(tl.float32), v_scale))
+    tl.store(KC + blk * stride_ckb + h * stride_ckh + off * stride_ckt + (offs_d // X) * stride_ckx + offs_d % X,
+             k.to(KC.dtype.element_ty), mask=mask)
+    tl.store(VC + blk * stride_cvb + h * stride_cvh + off * stride_cvt + offs_d * stride_cvd,
+             v.to(VC.dtype.element_ty), mask=mask)
+
+
+CACHE_D_PAD = 256  # one compile for every head size (a program writes one token's head: a few hundred bytes)
+
+
+def cache_strides(key_cache, value_cache, geom) -> tuple[int, tuple, tuple]:
+    """(X, key-cache strides (block, head, token, x-group), value-cache strides (block, head, token, dim))."""
+    if geom.layout == "vllm":
+        x = key_cache.shape[-1]
+        return x, (key_cache.stride(0), key_cache.stride(1), key_cache.stride(3), key_cache.stride(2)), (
+            value_cache.stride(0), value_cache.stride(1), value_cache.stride(3), value_cache.stride(2))
+    return CACHE_D_PAD, (key_cache.stride(0), key_cache.stride(2), key_cache.stride(1), 0), (
+        value_cache.stride(0), value_cache.stride(2), value_cache.stride(1), value_cache.stride(3))
+
+
+def write_slots(key, value, key_cache, value_cache, geom, slot_mapping, k_scale: float, v_scale: float,
+                check: bool) -> None:
+    n, h, d = key.shape
+    if n == 0:
+        return
+    kc = key_cache.view(torch.uint8) if geom.fp8 else key_cache
+    vc = value_cache.view(torch.uint8) if geom.fp8 else value_cache
+    x, sk, sv = cache_strides(kc, vc, geom)
+    state = _device_check.state_for(key.device) if check else None
+    err, rep = (state.word, state.report) if check else (slot_mapping, slot_mapping)
+    args = [key, value, kc, vc, slot_mapping, err, rep, k_scale, v_scale, geom.num_blocks * geom.block_size,
+            geom.block_size, geom.num_blocks, d, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+            *sk, *sv]
+    meta = dict(D_PAD=CACHE_D_PAD, X=x, FP8=geom.fp8, CHECK=check, num_warps=2)
+    try:
+        _write_slots[(n, h)](*args, **meta)
+    except ValueError as e:  # Triton refused the pinned host report buffer: keep it on the device instead
+        if not (check and "cannot be accessed" in str(e) and not state.copy_after_launch):
+            raise
+        state.use_device_report()
+        args[6] = state.report
+        _write_slots[(n, h)](*args, **meta)
+    if check:
+        state.after_launch()

@@ -221,9 +221,25 @@ def reshape_and_cache_flash(key: torch.Tensor, value: torch.Tensor, key_cache: t
 def _cache_write(key, value, key_cache, value_cache, geom, slot_mapping, k_scale, v_scale) -> None:
     check_kv_tokens(key, value, geom)
     check_same_device(("key", key), ("value", value), ("key_cache", key_cache), ("slot_mapping", slot_mapping))
-    check_slots(slot_mapping, key.shape[0], geom.num_blocks * geom.block_size)
+    capturing = key.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    tbl = _aot_dispatch.table_for(key)
+    aot_key = _aot_dispatch.cache_key(key, geom) if tbl is not None else None
+    kernel = aot_key is not None or _use_triton(key)
+    if not (capturing and kernel):  # under CUDA-graph capture the kernel's own range check is all there is
+        check_slots(slot_mapping, key.shape[0], geom.num_blocks * geom.block_size)
     ks, vs = scale_value(k_scale, "k_scale"), scale_value(v_scale, "v_scale")
-    _torch_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs)
+    on_device = kernel and validation_mode() == "device"
+    if on_device:
+        _device_check.raise_pending(key.device)
+    if aot_key is not None:
+        _aot_dispatch.write_slots(tbl, aot_key, key, value, key_cache, value_cache, geom, slot_mapping, ks, vs,
+                                  mode=validation_mode())
+    elif kernel:
+        from . import _triton_impl
+
+        _triton_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs, check=on_device)
+    else:
+        _torch_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs)
 
 
 def _check_block_mapping(block_mapping: torch.Tensor, src_blocks: int, dst_blocks: int) -> torch.Tensor:
