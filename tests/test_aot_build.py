@@ -188,12 +188,12 @@ def test_noarch_repo_aot_variant(tmp_path, repo):
         assert not re.search(r"^\s*(import triton|from triton)", py.read_text(), re.M), py.name
     print(f"{repo} {r.variant}: {len(table['entries'])} cubins, {r.size_bytes / 1e6:.1f} MB")
     code = f"""
-import importlib.util, sys, torch
+import importlib, importlib.util, sys, torch
 folder = {str(r.path)!r}
 spec = importlib.util.spec_from_file_location("noarch_aot", folder + "/__init__.py", submodule_search_locations=[folder])
 m = importlib.util.module_from_spec(spec); sys.modules["noarch_aot"] = m; spec.loader.exec_module(m)
 {NOARCH_CPU_CALL[repo]}
-ops = sys.modules["noarch_aot._ops"].ops
+ops = importlib.import_module("noarch_aot._ops").ops
 try:
     ops.driver_version(torch.empty(0, dtype=torch.uint8)); print("driver found")
 except RuntimeError as e:

@@ -23,7 +23,8 @@ def runs_on(arch: str):
 
 
 def _decode(arch, tiles, layout, bucket, rows, dtype, cache, fn):
-    t = keys.tile_of(tiles, arch, layout, bucket)
+    key = keys.decode_key(layout, rows, bucket, dtype, cache)
+    t = {**keys.tile_of(tiles, arch, layout, bucket), **tiles.get("override", {}).get(arch, {}).get(key, {})}
     fp8 = cache == "fp8"
     if layout == "vllm":
         x = 16 if fp8 else 8  # 16 bytes of elements
@@ -40,7 +41,7 @@ def _decode(arch, tiles, layout, bucket, rows, dtype, cache, fn):
     kv = "*u8" if fp8 else PTR[dtype]
     sig.update(Q=PTR[dtype], K=kv, V=kv, BT="*i32", SL="*i32", SLOPES="*fp32", OUT=PTR[dtype], M_OUT="*fp32",
                L_OUT="*fp32", ACC_OUT="*fp32", ERR="*i32", REP="*i32", qk_scale="fp32", v_scale="fp32")
-    return dict(key=keys.decode_key(layout, rows, bucket, dtype, cache), kernel="_triton_impl:_decode_partial",
+    return dict(key=key, kernel="_triton_impl:_decode_partial",
                 signature=sig, constexprs=cex, divisible=sorted(set(COMMON_16 + div) - set(cex)),
                 num_warps=t["num_warps"], num_stages=t["num_stages"],
                 grid=[[["num_seqs"], None], [["kv_programs"], None], [["nparts"], None]])
