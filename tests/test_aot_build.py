@@ -154,8 +154,8 @@ def _package_module(folder: Path, name: str):
 NOARCH_CPU_CALL = {  # a CPU call through the variant's public API (the torch path), and what it must print
     "sliding-window": ("q = torch.randn(1, 40, 2, 64)\n"
                        "print('cpu ok', bool(m.sliding_window_attn_func(q, q, q, 16).isfinite().all()))"),
-    "paged-attention": ("q = torch.randn(2, 4, 64); kc = torch.randn(6, 16, 2, 64); bt = torch.tensor([[0, 1], [2, 3]], "
-                        "dtype=torch.int32)\nout = torch.empty_like(q)\n"
+    "paged-attention": ("q = torch.randn(2, 4, 64); kc = torch.randn(6, 16, 2, 64)\n"
+                        "bt = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)\nout = torch.empty_like(q)\n"
                         "m.paged_attention_flash(out, q, kc, kc, bt, torch.tensor([20, 5], dtype=torch.int32), 0.125)\n"
                         "print('cpu ok', bool(out.isfinite().all()), m.backend_for(q))\n"
                         "from importlib import import_module\n"
@@ -190,7 +190,8 @@ def test_noarch_repo_aot_variant(tmp_path, repo):
     code = f"""
 import importlib, importlib.util, sys, torch
 folder = {str(r.path)!r}
-spec = importlib.util.spec_from_file_location("noarch_aot", folder + "/__init__.py", submodule_search_locations=[folder])
+spec = importlib.util.spec_from_file_location("noarch_aot", folder + "/__init__.py",
+                                              submodule_search_locations=[folder])
 m = importlib.util.module_from_spec(spec); sys.modules["noarch_aot"] = m; spec.loader.exec_module(m)
 {NOARCH_CPU_CALL[repo]}
 ops = importlib.import_module("noarch_aot._ops").ops

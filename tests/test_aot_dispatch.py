@@ -188,6 +188,8 @@ def test_paged_tiles_are_the_jit_tuning_and_the_dispatch_flash_tiles():
             assert (t["tile"], t["num_warps"], t["num_stages"]) == (tile, warps, stages), (arch, layout, bucket)
             if layout == "flash":
                 assert pkeys.FLASH_TILE[bucket] == tile
+    for arch, overrides in tiles.get("override", {}).items():  # per-configuration tiles name real configurations
+        assert arch in aot.archs and set(overrides) <= set(pkeys.all_keys()), arch
     assert set(pkeys.VLLM_PAGES) == set(_paged_module("_validate").BLOCK_SIZES)
     assert pkeys.FLASH_ROWS == plan.ROW_SIZES
 

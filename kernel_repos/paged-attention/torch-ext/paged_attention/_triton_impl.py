@@ -5,7 +5,9 @@ One program per (sequence, KV head, context partition) loads the G query heads t
 the block table. Every K/V byte of a partition is read once for all G heads. Partial results (max logit, exp sum,
 normalised output) are merged by a second small kernel; with one partition the first kernel writes ``out``
 directly. Both cache layouts go through the same kernel: element (token t, dim d) of a page is at
-``t * stride_t + (d // X) * stride_x + d % X`` (vLLM K: X = 16 bytes / element; flash: X = the padded head size, so d // X = 0).
+``t * stride_t + (d // X) * stride_x + d % X`` (vLLM K: X = 16 bytes / element; flash: X = the padded head size,
+so d // X = 0). ``_write_slots`` is reshape_and_cache[_flash]: one program per (token, KV head), padding slots
+skipped on the device (no host sync), fp8 rounding in integer ops.
 
 With CHECK (validation mode "device", the default on CUDA) the kernels validate indices themselves instead of the
 host reading them (a sync per call): seq_lens are clamped to what the block table and max_seq_len cover, block ids

@@ -1,10 +1,11 @@
 """The vLLM paged-attention API (argument order and cache layouts as vLLM's ``_custom_ops``), plus a flash-layout
 decode and a varlen (prefill / multi-token) call used by transformers' continuous batching.
 
-Dispatch: CUDA tensors with float16/bfloat16 queries run the precompiled decode cubins in the AOT variants
-(``_aot_dispatch``: head sizes that are multiples of 16), the Triton kernels in the noarch torch-cuda variant
-(``_triton_impl``); everything else runs the torch path (``_torch_impl``). Every call checks shapes and dtypes on the host; index values are checked
-on the device by the CUDA decode kernel (mode "device", the default), or on the host (``_validate``).
+Dispatch: CUDA tensors with float16/bfloat16 queries (keys, for the cache writes) run the precompiled cubins in the
+AOT variants (``_aot_dispatch``; decode: head sizes that are multiples of 16), the Triton kernels in the noarch
+torch-cuda variant (``_triton_impl``); everything else runs the torch path (``_torch_impl``). Every call checks
+shapes and dtypes on the host; index values are checked on the device by the CUDA kernels (mode "device", the
+default), or on the host (``_validate``).
 """
 
 from __future__ import annotations
