@@ -201,3 +201,21 @@ def test_cache_write_slot_past_the_cache_is_skipped_and_reported(table):
         torch.uint8))
     with pytest.raises(ValueError, match=r"slot_mapping\[1\] = 64 is past the cache: it has 64 slots.*cache write"):
         pa.check_errors()
+
+
+def test_views_and_int64_tables_meet_the_cubins_assumptions(table):
+    """q/out whose row strides are not multiples of 16 elements (copied in, written back), int64 block tables and
+    lengths (converted): the launch arguments still satisfy every specialisation (the interpreter table checks)."""
+    hq, hk, d, bs = 4, 2, 64, 16
+    sc, kc, vc, q = _case(8, [70, 33], hq, hk, d, bs, F16, layout="flash")
+    _fill(sc, kc, vc, F16, "flash")
+    wide = torch.zeros(2, hq, d + 8, dtype=F16)
+    wide[..., :d] = q
+    qv = wide[..., :d]  # row stride 72
+    out_wide = torch.full((2, hq, d + 8), 5.0, dtype=F16)
+    out = out_wide[..., :d]
+    pa.paged_attention_flash(out, qv, kc, vc, sc.block_tables.long(), sc.seq_lens.long(), 0.125, 70)
+    assert table.launched == ["decode/flash/r16/d64/fp16/auto", "reduce/d64/fp16"]
+    rd = lambda x: x.to(F16).double()  # noqa: E731
+    assert _rel(out, decode_ref(q, sc, 0.125, kv_round=(rd, rd))) < 2e-3
+    assert bool((out_wide[..., d:] == 5.0).all())  # nothing written past the view
