@@ -164,6 +164,22 @@ def test_noarch_repo_spec_compiles_every_key_its_dispatch_asks_for(repo):
         assert len(have) == len(set(have)) and set(have) == set(repo_keys.all_keys()), arch
 
 
+def test_sliding_window_decode_tiles_are_the_dispatch_plans():
+    sw_dir = FLASH_ATTN2_DIR.parent / "sliding-window"
+    tiles = tomllib.loads(load_aot_config(sw_dir).tiles.read_text())
+    pkg = types.ModuleType("_sw_aot_test_pkg")
+    pkg.__path__ = [str(sw_dir / "torch-ext" / "sliding_window")]
+    sys.modules.setdefault("_sw_aot_test_pkg", pkg)
+    plan = importlib.import_module("_sw_aot_test_pkg._decode_plan")
+    for arch, rows in tiles["decode"].items():
+        assert {int(k[1:]): v["tile"] for k, v in rows.items()} == plan.TILE, arch
+    # a split never leaves a partition empty and every partition is whole tiles
+    for filled in (1, 63, 64, 65, 1000, 4096, 100_000):
+        for batch, heads, kv in ((1, 8, 8), (4, 32, 8), (64, 64, 1)):
+            p = plan.plan_ring_decode(batch, heads, kv, 128, filled, torch.device("meta"))
+            assert p.part % p.tile == 0 and (p.nparts - 1) * p.part < filled <= p.nparts * p.part
+
+
 # ---------------------------------------------------------------- paged-attention
 
 PAGED_DIR = FLASH_ATTN2_DIR.parent / "paged-attention"
