@@ -289,7 +289,7 @@ def correctness(fa, device, label, quick=False) -> list[dict]:
 
 
 def sliding_window_correctness(sw, device, label) -> list[dict]:
-    """sliding-window prefill (precompiled or JIT) against the float64 reference."""
+    """sliding-window prefill and ring-cache decode (precompiled or JIT) against the float64 reference."""
     rows = []
     for d, dt, (b, sq, sk, hq, hk), window, causal, cap in [
             (64, torch.float16, (2, 300, 300, 8, 2), 64, True, 0.0),
@@ -313,6 +313,44 @@ def sliding_window_correctness(sw, device, label) -> list[dict]:
             ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
         log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    for d, dt, (b, hq, hk), w, n, cap in [
+            (128, torch.bfloat16, (4, 32, 8), 4096, 5000, 0.0),  # wrapped ring, split over partitions
+            (64, torch.float16, (2, 8, 2), 1024, 300, 0.0),       # not yet full
+            (256, torch.bfloat16, (1, 32, 1), 512, 700, 50.0),    # MQA 32: two head chunks; softcap
+            (96, torch.float16, (2, 4, 4), 64, 64, 0.0),           # head size 96 (bucket 128), one partition
+            (72, torch.bfloat16, (1, 4, 2), 128, 200, 0.0)]:       # head size 72: the torch path
+        torch.manual_seed(d + w)
+        name = f"sw ring decode d{d} {str(dt).split('.')[-1]} h{hq}/{hk} W{w} tokens{n} cap={cap}"
+        try:
+            cache = sw.RingKVCache.allocate(b, w, hk, d, dtype=dt, device=device)
+            k = torch.randn(b, n, hk, d, device=device, dtype=dt)
+            v = torch.randn(b, n, hk, d, device=device, dtype=dt)
+            sw.ring_cache_append(cache, k, v)
+            q = torch.randn(b, 1, hq, d, device=device, dtype=dt)
+            poison(device)
+            out = sw.sliding_window_decode(q, cache, softcap=cap)
+            keep = min(n, w)
+            ref, _ = ref_attention(q, k[:, n - keep:], v[:, n - keep:], d ** -0.5, False, (-1, -1), cap)
+            err = max_err(out, ref)
+            ok, errs = err <= TOL_OUT[dt], {"out": err}
+        except Exception as e:
+            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
+        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    return rows
+
+
+def sliding_window_timings(mods: dict, device) -> list[dict]:
+    """Host time per ring-cache decode call (B4, 32/8 heads, d128, W4096 full)."""
+    rows = []
+    for label, sw in mods.items():
+        cache = sw.RingKVCache.allocate(4, 4096, 8, 128, dtype=torch.bfloat16, device=device)
+        sw.ring_cache_append(cache, torch.randn(4, 4096, 8, 128, device=device, dtype=torch.bfloat16),
+                             torch.randn(4, 4096, 8, 128, device=device, dtype=torch.bfloat16))
+        q = torch.randn(4, 1, 32, 128, device=device, dtype=torch.bfloat16)
+        us = host_us(lambda: sw.sliding_window_decode(q, cache))
+        rows.append({"impl": label, "ring_decode_us": round(us, 1)})
+        log(f"  {rows[-1]}")
     return rows
 
 
@@ -825,6 +863,8 @@ def main(argv=None) -> int:
             r for label, pa in pa_mods.items() for r in paged_correctness(pa, device, label)])
         result["timing"] = section("host time per call", lambda: timings(mods, device))
         result["paged_timing"] = section("paged-attention host time per call", lambda: paged_timings(pa_mods, device))
+        result["sliding_window_timing"] = section("sliding-window ring decode host time per call",
+                                                  lambda: sliding_window_timings(sw_mods, device))
         result["first_call"] = section("first call in a fresh process",
                                        lambda: [first_call(variants[label], label) for label in mods])
         result["graph"] = section("CUDA graph decode step",
@@ -870,6 +910,13 @@ def summary(result: dict) -> str:
                      f"{t.get('decode_dense_us', '-'):>7} "
                      f"{t.get('prefill128_us', '-'):>11} {first.get(impl, {}).get('first_call_s', '-'):>11} "
                      f"{str(graph.get(impl, {}).get('ok', '-')):>6} {str(comp.get(impl, {}).get('ok', '-')):>8}")
+    for r in result.get("paged_timing") or []:
+        g = graph.get(r["impl"], {})
+        lines.append(f"  {r['impl']:<50} host us/call: flash decode {r['flash_decode_us']}, v1 {r['v1_decode_us']}, "
+                     f"cache write {r['cache_write_us']} ({r['backend']} path); graph {g.get('ok', '-')} replay "
+                     f"{g.get('replay_us', '-')} us")
+    for r in result.get("sliding_window_timing") or []:
+        lines.append(f"  {r['impl']:<50} host us/call: ring decode {r['ring_decode_us']}")
     return "\n".join(lines)
 
 
