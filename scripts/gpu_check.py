@@ -800,19 +800,25 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"))
     ap.add_argument("--dry-run", action="store_true", help="no GPU: import, coverage and error checks only")
     ap.add_argument("--quick", action="store_true", help="fewer forward cases")
+    ap.add_argument("--kernels", default="flash-attn2,sliding-window,paged-attention",
+                    help="comma list of the kernels to check (default: all three)")
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="skip the remaining sections (saying so) once this much time has passed")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    variants = find_variants(args.variants)
-    sw_variants = find_variants(args.variants, "sliding-window")
-    pa_variants = find_variants(args.variants, "paged-attention")
+    wanted = {k.strip() for k in args.kernels.split(",") if k.strip()}
+    unknown = wanted - {"flash-attn2", "sliding-window", "paged-attention"}
+    if unknown:
+        ap.error(f"--kernels: unknown {sorted(unknown)}; valid: flash-attn2, sliding-window, paged-attention")
+    variants = find_variants(args.variants) if "flash-attn2" in wanted else {}
+    sw_variants = find_variants(args.variants, "sliding-window") if "sliding-window" in wanted else {}
+    pa_variants = find_variants(args.variants, "paged-attention") if "paged-attention" in wanted else {}
     log(f"gpu_check: torch {torch.__version__}, flash-attn2 variants {sorted(variants)}, sliding-window variants "
         f"{sorted(sw_variants)}, paged-attention variants {sorted(pa_variants)} under {args.variants}")
     result: dict = {"torch": torch.__version__, "variants": {k: str(v) for k, v in variants.items()}}
     gpu = torch.cuda.is_available() and not args.dry_run
-    if not variants:
+    if not variants and "flash-attn2" in wanted:
         log("no flash-attn2 CUDA variants found; build them first (see the README's GPU check section)")
     if not gpu:
         log("dry run: no GPU in use; skipping correctness, timing, first-call, CUDA graph and torch.compile checks")
@@ -846,7 +852,7 @@ def main(argv=None) -> int:
         result["correctness"] = section("correctness", lambda: [
             r for label, fa in mods.items() for r in correctness(fa, device, label, quick=args.quick)])
         sw_mods = {}
-        for label, folder in find_variants(args.variants, "sliding-window").items():
+        for label, folder in sw_variants.items():
             try:
                 sw_mods[f"sliding-window {label}"] = load_variant(folder)
             except Exception:
