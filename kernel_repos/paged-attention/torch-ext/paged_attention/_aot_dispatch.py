@@ -148,7 +148,7 @@ def decode(tbl, key: str, out, query, key_cache, value_cache, geom, scale: float
         sk = dict(stride_kb=kc.stride(0), stride_kh=kc.stride(2), stride_kt=kc.stride(1), stride_kx=0)
         sv = dict(stride_vb=vc.stride(0), stride_vh=vc.stride(2), stride_vt=vc.stride(1), stride_vd=1)
     args = dict(Q=q, K=kc, V=vc, BT=bt, SL=sl, SLOPES=slopes, OUT=o, M_OUT=m_buf, L_OUT=l_buf, ACC_OUT=acc_buf,
-                ERR=state.word, REP=state.report, qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
+                ERR=state.word, REP=state.kernel_report(), qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
                 num_blocks=geom.num_blocks, cap_len=cap_len, PART=plan.part, page_size=geom.block_size,
                 G=hq // hk, n_gchunks=plan.n_gchunks, D=d, has_alibi=int(alibi_slopes is not None),
                 direct=int(plan.direct), stride_qs=q.stride(0), stride_qh=q.stride(1), **sk, **sv,
@@ -196,7 +196,7 @@ def write_slots(tbl, cfg_key: str, key, value, key_cache, value_cache, geom, slo
         sv = (vc.stride(0), vc.stride(2), vc.stride(1), vc.stride(3))
     state = _device_check.device_report_for(device) if mode == "device" else _device_check.sink_for(device)
     slots = slot_mapping if slot_mapping.dtype == torch.int64 else slot_mapping.to(torch.int64)
-    args = dict(KEY=key, VALUE=value, KC=kc, VC=vc, SLOTS=slots, ERR=state.word, REP=state.report, k_scale=k_scale,
+    args = dict(KEY=key, VALUE=value, KC=kc, VC=vc, SLOTS=slots, ERR=state.word, REP=state.kernel_report(), k_scale=k_scale,
                 v_scale=v_scale, num_slots=geom.num_blocks * geom.block_size, page_size=geom.block_size,
                 num_blocks=geom.num_blocks, D=d, stride_kn=key.stride(0), stride_kh=key.stride(1),
                 stride_vn=value.stride(0), stride_vh=value.stride(1), stride_ckb=sk[0], stride_ckh=sk[1],

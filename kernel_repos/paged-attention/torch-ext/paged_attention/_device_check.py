@@ -31,6 +31,7 @@ class DeviceCheckState:
     host: torch.Tensor  # int32 [REPORT_LEN] host view read by the lazy check (== report when pinned)
     copy_after_launch: bool = False
     errors_seen: int = field(default=0)
+    cuda_report: torch.Tensor | None = None  # a CUDA tensor over the pinned report, for device-tensor-only launchers
 
     def __post_init__(self):
         self._flag = self.host.numpy()  # numpy view: reading one int costs ~0.1 us, a torch index ~2 us
@@ -43,6 +44,11 @@ class DeviceCheckState:
         """Fallback when a kernel may not write host memory: report on the device, copied back after each launch."""
         self.report = torch.zeros(REPORT_LEN, dtype=torch.int32, device=self.device)
         self.copy_after_launch = True
+        self.cuda_report = None
+
+    def kernel_report(self) -> torch.Tensor:
+        """The report buffer as a precompiled kernel's launcher takes it (a device tensor on CUDA)."""
+        return self.cuda_report if self.cuda_report is not None else self.report
 
     def pending(self) -> bool:
         return bool(self._flag[0])
@@ -99,12 +105,31 @@ def state_for(device: torch.device) -> DeviceCheckState:
     return st
 
 
+class _PinnedAsCuda:
+    """``__cuda_array_interface__`` of a pinned host buffer: under unified addressing its host address is also its
+    device address, so torch.as_tensor makes a CUDA tensor over the same memory (no copy)."""
+
+    def __init__(self, host: torch.Tensor):
+        self.host = host  # kept alive by the tensor made from this object
+        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "typestr": "<i4", "strides": None,
+                                         "data": (host.data_ptr(), False), "version": 2}
+
+
 def device_report_for(device: torch.device) -> DeviceCheckState:
-    """The state of ``device`` with its report in device memory (copied to pinned memory after each launch): what
-    the precompiled kernels take, since their launcher accepts device tensors only."""
+    """The state of ``device`` for the precompiled kernels, whose launcher takes device tensors only: the pinned
+    report seen as a CUDA tensor (the kernel writes host memory directly, as in the JIT path), else a report in
+    device memory copied to pinned memory after each launch (``kernel_report()`` is the one to pass)."""
     st = state_for(device)
-    if not st.copy_after_launch:
-        st.use_device_report()
+    if st.device.type == "cuda" and not st.copy_after_launch and st.cuda_report is None:
+        try:
+            alias = torch.as_tensor(_PinnedAsCuda(st.report), device=st.device)
+            ok = alias.device == st.device and alias.data_ptr() == st.report.data_ptr()
+        except Exception:  # no unified addressing / not registered: the copying fallback
+            ok = False
+        if ok:
+            st.cuda_report = alias
+        else:
+            st.use_device_report()
     return st
 
 
