@@ -521,9 +521,35 @@ def paged_timings(mods: dict, device) -> list[dict]:
         write = host_us(lambda: pa.reshape_and_cache_flash(kn, kn, kc, vc, slots, "auto", 1.0, 1.0))
         pa.set_validation("device")
         rows.append({"impl": label, "backend": pa.backend_for(q), "flash_decode_us": round(flash, 1),
-                     "v1_decode_us": round(v1, 1), "cache_write_us": round(write, 1)})
+                     "v1_decode_us": round(v1, 1), "cache_write_us": round(write, 1), **paged_bandwidth(pa, device)})
         log(f"  {rows[-1]}")
     return rows
+
+
+def paged_bandwidth(pa, device, b=64, ctx=4096, hq=32, hk=8, d=128, bs=16) -> dict:
+    """GPU time of one flash-layout decode at batch 64, context 4k (CUDA events over 50 calls, each on other pages so
+    the caches are not L2-resident), as K/V bytes read per second."""
+    nb = b * ctx // bs
+    kc = torch.randn(2 * nb, bs, hk, d, device=device, dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    tables = [torch.randperm(2 * nb, device=device)[:nb].view(b, -1).to(torch.int32) for _ in range(4)]
+    sl = torch.full((b,), ctx, dtype=torch.int32, device=device)
+    q = torch.randn(b, hq, d, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    for bt in tables:
+        pa.paged_attention_flash(out, q, kc, vc, bt, sl, d ** -0.5, ctx)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(50):
+        pa.paged_attention_flash(out, q, kc, vc, tables[i % 4], sl, d ** -0.5, ctx)
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / 50
+    del kc, vc
+    torch.cuda.empty_cache()
+    kv_bytes = 2 * b * ctx * hk * d * 2
+    return {"b64_ctx4k_gpu_us": round(ms * 1e3, 1), "b64_ctx4k_tb_s": round(kv_bytes / (ms * 1e-3) / 1e12, 2)}
 
 
 def paged_graph(pa, device, label) -> dict:
@@ -919,8 +945,9 @@ def summary(result: dict) -> str:
     for r in result.get("paged_timing") or []:
         g = graph.get(r["impl"], {})
         lines.append(f"  {r['impl']:<50} host us/call: flash decode {r['flash_decode_us']}, v1 {r['v1_decode_us']}, "
-                     f"cache write {r['cache_write_us']} ({r['backend']} path); graph {g.get('ok', '-')} replay "
-                     f"{g.get('replay_us', '-')} us")
+                     f"cache write {r['cache_write_us']} ({r['backend']} path); B64 ctx4k decode "
+                     f"{r.get('b64_ctx4k_gpu_us')} us GPU = {r.get('b64_ctx4k_tb_s')} TB/s; graph {g.get('ok', '-')} "
+                     f"replay {g.get('replay_us', '-')} us")
     for r in result.get("sliding_window_timing") or []:
         lines.append(f"  {r['impl']:<50} host us/call: ring decode {r['ring_decode_us']}")
     return "\n".join(lines)
