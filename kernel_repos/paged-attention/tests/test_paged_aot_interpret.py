@@ -157,7 +157,7 @@ def test_cache_write_kernel_is_bitwise_the_torch_path(table, monkeypatch, layout
     hk, d, bs, nb = 2, 80, 16, 6
     n = 40
     key = (torch.randn(n, hk, d, generator=g) * torch.logspace(-4, 3, d)).to(F16)  # |x| from 1e-4 to ~1e3
-    value = torch.randn(n, hk, d, generator=g).to(F16)
+    value = torch.randn(n, d, hk, generator=g).to(F16).transpose(1, 2)  # head_size not the contiguous dim
     slots = torch.randperm(nb * bs, generator=g)[:n]
     slots[::7] = -1
     fp8 = storage is not None

@@ -184,6 +184,7 @@ def write_slots(tbl, cfg_key: str, key, value, key_cache, value_cache, geom, slo
     n, h, d = key.shape
     if n == 0:
         return
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))  # the kernel reads rows
     device = key.device
     entry = tbl.entry(cfg_key, device)
     kc = key_cache.view(torch.uint8) if geom.fp8 else key_cache

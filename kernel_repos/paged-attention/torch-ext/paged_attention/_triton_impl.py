@@ -340,6 +340,7 @@ def write_slots(key, value, key_cache, value_cache, geom, slot_mapping, k_scale:
     n, h, d = key.shape
     if n == 0:
         return
+    key, value = (t if t.stride(-1) == 1 else t.contiguous() for t in (key, value))  # the kernel reads rows
     kc = key_cache.view(torch.uint8) if geom.fp8 else key_cache
     vc = value_cache.view(torch.uint8) if geom.fp8 else value_cache
     x, sk, sv = cache_strides(kc, vc, geom)
