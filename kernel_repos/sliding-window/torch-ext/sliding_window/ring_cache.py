@@ -89,7 +89,8 @@ def sliding_window_decode(q: torch.Tensor, cache: RingKVCache, *, softmax_scale:
         raise ValueError("sliding_window_decode: the cache is empty; append the token's K/V first")
     n = cache.filled
     scale = d ** -0.5 if softmax_scale is None else softmax_scale
-    if q.device.type == "cuda" and q.dtype != torch.float32:
+    if q.device.type == "cuda" and q.dtype != torch.float32 and cache.k.stride(-1) == 1 and cache.v.stride(-1) == 1:
+        q = q if q.stride(-1) == 1 else q.contiguous()  # the kernels read head_dim rows
         tbl = _aot_dispatch.table()  # precompiled variants: a cubin for this GPU and head size, else the next path
         if tbl is not None and tbl.covers(q.device):
             out = _aot_dispatch.ring_decode(tbl, q, cache.k, cache.v, n, float(scale), float(softcap or 0.0))
