@@ -618,6 +618,43 @@ def paged_graph(pa, device, label) -> dict:
             "replay_us": round((time.perf_counter() - t0) / 100 * 1e6, 1)}
 
 
+PAGED_FIRST_CALL = r"""
+import importlib.util, json, sys, time
+t0 = time.perf_counter()
+import torch
+folder = sys.argv[1]
+spec = importlib.util.spec_from_file_location("pfc_variant", folder + "/__init__.py",
+                                              submodule_search_locations=[folder])
+m = importlib.util.module_from_spec(spec); sys.modules["pfc_variant"] = m; spec.loader.exec_module(m)
+t1 = time.perf_counter()
+kc = torch.randn(64, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+bt = torch.arange(64, device="cuda", dtype=torch.int32).view(4, 16)
+sl = torch.full((4,), 200, device="cuda", dtype=torch.int32)
+q = torch.randn(4, 32, 128, device="cuda", dtype=torch.bfloat16)
+out = torch.empty_like(q)
+torch.cuda.synchronize()
+t2 = time.perf_counter()
+m.paged_attention_flash(out, q, kc, kc, bt, sl, 0.1, 256); torch.cuda.synchronize()
+t3 = time.perf_counter()
+m.paged_attention_flash(out, q, kc, kc, bt, sl, 0.1, 256); torch.cuda.synchronize()
+t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "first_call_s": t3 - t2, "second_call_s": t4 - t3}))
+"""
+
+
+def paged_first_call(folder: Path, label: str) -> dict:
+    """A decode in a fresh process: AOT loads its cubins, the JIT compiles with an empty Triton cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-c", PAGED_FIRST_CALL, str(folder)], capture_output=True, text=True,
+                              env=dict(os.environ, TRITON_CACHE_DIR=cache), timeout=300)
+    if proc.returncode != 0:
+        return {"impl": label, "error": proc.stderr.strip()[-500:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = {"impl": label, **{k: round(v, 4) for k, v in out.items()}}
+    log(f"  {row}")
+    return row
+
+
 def paged_cpu_call(pa) -> str:
     """The dry run's call: CPU tensors (the torch path in every variant)."""
     q = torch.randn(2, 4, 64)
@@ -899,6 +936,8 @@ def main(argv=None) -> int:
                                                   lambda: sliding_window_timings(sw_mods, device))
         result["first_call"] = section("first call in a fresh process",
                                        lambda: [first_call(variants[label], label) for label in mods])
+        result["first_call"] += section("paged-attention first call in a fresh process", lambda: [
+            paged_first_call(pa_variants[label.removeprefix("paged-attention ")], label) for label in pa_mods])
         result["graph"] = section("CUDA graph decode step",
                                   lambda: [graph_decode(fa, device, label) for label, fa in mods.items()])
         result["graph"] += section("paged-attention CUDA graph decode step",
@@ -947,7 +986,8 @@ def summary(result: dict) -> str:
         lines.append(f"  {r['impl']:<50} host us/call: flash decode {r['flash_decode_us']}, v1 {r['v1_decode_us']}, "
                      f"cache write {r['cache_write_us']} ({r['backend']} path); B64 ctx4k decode "
                      f"{r.get('b64_ctx4k_gpu_us')} us GPU = {r.get('b64_ctx4k_tb_s')} TB/s; graph {g.get('ok', '-')} "
-                     f"replay {g.get('replay_us', '-')} us")
+                     f"replay {g.get('replay_us', '-')} us; first call "
+                     f"{first.get(r['impl'], {}).get('first_call_s', '-')} s")
     for r in result.get("sliding_window_timing") or []:
         lines.append(f"  {r['impl']:<50} host us/call: ring decode {r['ring_decode_us']}")
     return "\n".join(lines)
