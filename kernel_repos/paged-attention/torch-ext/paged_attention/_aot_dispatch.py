@@ -70,7 +70,7 @@ def decode_key(query: torch.Tensor, key_cache: torch.Tensor, value_cache: torch.
             return None  # validated contiguous; the cubin has these strides built in
         rows = geom.block_size
     else:
-        if not all(_aligned(c, (c.stride(0), c.stride(1), c.stride(2))) for c in (key_cache, value_cache)):
+        if not (_aligned(key_cache) and _aligned(value_cache)):  # block, token and head strides
             return None
         rows = _plan.page_rows("flash", geom.block_size, keys.FLASH_TILE[bucket])
     if key_cache.data_ptr() % 16 or value_cache.data_ptr() % 16:
@@ -141,18 +141,19 @@ def decode(tbl, key: str, out, query, key_cache, value_cache, geom, scale: float
     vc = value_cache.view(torch.uint8) if geom.fp8 else value_cache
     cap_len = min(block_tables.shape[1] * geom.block_size, max(int(max_seq_len), 1))
     state = _device_check.device_report_for(device) if mode == "device" else _device_check.sink_for(device)
+    ks, vs, qs, os_ = kc.stride(), vc.stride(), q.stride(), o.stride()
     if geom.layout == "vllm":
-        sk = dict(stride_kb=kc.stride(0), stride_kh=kc.stride(1), stride_kt=kc.stride(3), stride_kx=kc.stride(2))
-        sv = dict(stride_vb=vc.stride(0), stride_vh=vc.stride(1), stride_vt=1, stride_vd=vc.stride(2))
+        sk = dict(stride_kb=ks[0], stride_kh=ks[1], stride_kt=ks[3], stride_kx=ks[2])
+        sv = dict(stride_vb=vs[0], stride_vh=vs[1], stride_vt=1, stride_vd=vs[2])
     else:
-        sk = dict(stride_kb=kc.stride(0), stride_kh=kc.stride(2), stride_kt=kc.stride(1), stride_kx=0)
-        sv = dict(stride_vb=vc.stride(0), stride_vh=vc.stride(2), stride_vt=vc.stride(1), stride_vd=1)
+        sk = dict(stride_kb=ks[0], stride_kh=ks[2], stride_kt=ks[1], stride_kx=0)
+        sv = dict(stride_vb=vs[0], stride_vh=vs[2], stride_vt=vs[1], stride_vd=1)
     args = dict(Q=q, K=kc, V=vc, BT=bt, SL=sl, SLOPES=slopes, OUT=o, M_OUT=m_buf, L_OUT=l_buf, ACC_OUT=acc_buf,
                 ERR=state.word, REP=state.kernel_report(), qk_scale=scale * k_scale * LOG2E, v_scale=v_scale,
                 num_blocks=geom.num_blocks, cap_len=cap_len, PART=plan.part, page_size=geom.block_size,
                 G=hq // hk, n_gchunks=plan.n_gchunks, D=d, has_alibi=int(alibi_slopes is not None),
-                direct=int(plan.direct), stride_qs=q.stride(0), stride_qh=q.stride(1), **sk, **sv,
-                stride_bts=bt.stride(0), stride_os=o.stride(0), stride_oh=o.stride(1),
+                direct=int(plan.direct), stride_qs=qs[0], stride_qh=qs[1], **sk, **sv,
+                stride_bts=bt.stride(0), stride_os=os_[0], stride_oh=os_[1],
                 stride_ms=sm[0], stride_mh=sm[1], stride_as=sa[0], stride_ah=sa[1], stride_ap=sa[2],
                 num_seqs=num_seqs, kv_programs=hk * plan.n_gchunks, nparts=plan.nparts)
     index = device.index if device.index is not None else (torch.cuda.current_device() if device.type == "cuda"
@@ -162,7 +163,7 @@ def decode(tbl, key: str, out, query, key_cache, value_cache, geom, scale: float
         red = tbl.entry(keys.reduce_key(plan.d_pad, _DT[query.dtype]), device)
         tbl.launch(red, index, dict(
             OUT=o, M_IN=m_buf, L_IN=l_buf, ACC_IN=acc_buf, SL=sl, cap_len=cap_len, nparts_alloc=m_buf.shape[2],
-            PART=plan.part, D=d, stride_os=o.stride(0), stride_oh=o.stride(1), stride_ms=sm[0], stride_mh=sm[1],
+            PART=plan.part, D=d, stride_os=os_[0], stride_oh=os_[1], stride_ms=sm[0], stride_mh=sm[1],
             stride_as=sa[0], stride_ah=sa[1], stride_ap=sa[2], num_seqs=num_seqs, num_heads=hq))
     state.after_launch()
     if copy_tmp is not None:
