@@ -206,3 +206,28 @@ except RuntimeError as e:
     assert "driver found" in proc.stdout or "cannot load the CUDA driver library libcuda.so.1" in proc.stdout
     if repo == "paged-attention":
         assert "cpu ok True torch" in proc.stdout and f"table CubinTable {len(table['entries'])}" in proc.stdout
+
+
+def test_paged_attention_variants_publish_and_resolve_with_the_stock_client(tmp_path, local_hub, session_env_trust):
+    """One build of paged-attention gives the noarch variants and the three stable-ABI AOT variants (one cubin
+    compile, shared); published to the local Hub they resolve through the stock kernels client: the CPU variant is
+    accepted here, the CUDA ones are listed and rejected (no GPU)."""
+    import kernels
+    from kernels.variants import VariantAccepted
+
+    from kernel_loader.build import build_variants
+    from kernel_loader.publish import publish_local
+
+    python = _cuda_python()
+    assert python is not None
+    root = tmp_path / "repo"
+    wanted = VARIANTS + ["torch-cuda", "torch-cpu"]
+    results = build_variants(FLASH_ATTN2_DIR.parent / "paged-attention", wanted, out_dir=root / "build",
+                             progress=lambda _m: None, python=[python])
+    assert {r.variant for r in results if hasattr(r, "library") or r.variant.startswith("torch-c")} == set(wanted)
+    repo = "kernels-community/paged-attention-aot-test"
+    publish_local(root, repo, local_hub.root, 1, allow_dirty=True)
+    decisions = {d.variant.variant_str: d for d in kernels.get_kernel_variants(repo, version=1)}
+    assert set(wanted) <= set(decisions)
+    accepted = {v for v, d in decisions.items() if isinstance(d, VariantAccepted)}
+    assert accepted and accepted <= {"torch-cpu"}, accepted
