@@ -300,7 +300,7 @@ def correctness(fa, device, label, quick=False) -> list[dict]:
 
 
 def sliding_window_correctness(sw, device, label) -> list[dict]:
-    """sliding-window prefill (precompiled or JIT) against the float64 reference."""
+    """sliding-window prefill and ring-cache decode (precompiled or JIT) against the float64 reference."""
     rows = []
     for d, dt, (b, sq, sk, hq, hk), window, causal, cap in [
             (64, torch.float16, (2, 300, 300, 8, 2), 64, True, 0.0),
@@ -324,7 +324,356 @@ def sliding_window_correctness(sw, device, label) -> list[dict]:
             ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
         log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    for d, dt, (b, hq, hk), w, n, cap in [
+            (128, torch.bfloat16, (4, 32, 8), 4096, 5000, 0.0),  # wrapped ring, split over partitions
+            (64, torch.float16, (2, 8, 2), 1024, 300, 0.0),       # not yet full
+            (256, torch.bfloat16, (1, 32, 1), 512, 700, 50.0),    # MQA 32: two head chunks; softcap
+            (96, torch.float16, (2, 4, 4), 64, 64, 0.0),           # head size 96 (bucket 128), one partition
+            (72, torch.bfloat16, (1, 4, 2), 128, 200, 0.0)]:       # head size 72: the torch path
+        torch.manual_seed(d + w)
+        name = f"sw ring decode d{d} {str(dt).split('.')[-1]} h{hq}/{hk} W{w} tokens{n} cap={cap}"
+        try:
+            cache = sw.RingKVCache.allocate(b, w, hk, d, dtype=dt, device=device)
+            k = torch.randn(b, n, hk, d, device=device, dtype=dt)
+            v = torch.randn(b, n, hk, d, device=device, dtype=dt)
+            sw.ring_cache_append(cache, k, v)
+            q = torch.randn(b, 1, hq, d, device=device, dtype=dt)
+            poison(device)
+            out = sw.sliding_window_decode(q, cache, softcap=cap)
+            keep = min(n, w)
+            ref, _ = ref_attention(q, k[:, n - keep:], v[:, n - keep:], d ** -0.5, False, (-1, -1), cap)
+            err = max_err(out, ref)
+            ok, errs = err <= TOL_OUT[dt], {"out": err}
+        except Exception as e:
+            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
+        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
     return rows
+
+
+def sliding_window_timings(mods: dict, device) -> list[dict]:
+    """Host time per ring-cache decode call (B4, 32/8 heads, d128, W4096 full)."""
+    rows = []
+    for label, sw in mods.items():
+        cache = sw.RingKVCache.allocate(4, 4096, 8, 128, dtype=torch.bfloat16, device=device)
+        sw.ring_cache_append(cache, torch.randn(4, 4096, 8, 128, device=device, dtype=torch.bfloat16),
+                             torch.randn(4, 4096, 8, 128, device=device, dtype=torch.bfloat16))
+        q = torch.randn(4, 1, 32, 128, device=device, dtype=torch.bfloat16)
+        us = host_us(lambda: sw.sliding_window_decode(q, cache))
+        rows.append({"impl": label, "ring_decode_us": round(us, 1)})
+        log(f"  {rows[-1]}")
+    return rows
+
+
+# ---------------------------------------------------------------- paged-attention
+
+PAGED_TESTS = Path(__file__).resolve().parent.parent / "kernel_repos" / "paged-attention" / "tests"
+TOL_PAGED = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}  # relative (Frobenius) error vs float64
+
+
+def _paged_ref():
+    if str(PAGED_TESTS) not in sys.path:
+        sys.path.insert(0, str(PAGED_TESTS))
+    import paged_ref
+
+    return paged_ref
+
+
+def _paged_caches(pa, ref, sc, layout, bs, dtype, device, storage, kv, ks, vs):
+    """Caches poisoned with NaN, filled through the variant's own reshape_and_cache[_flash] (the op under test)."""
+    fp8 = storage is not None
+    make = ref.vllm_caches if layout == "vllm" else ref.flash_caches
+    kc, vc = make(sc, bs, dtype, device=device, fp8=fp8)
+    if fp8:
+        kc, vc = kc.view(storage), vc.view(storage)
+    k, v = ref.tokens_in_slot_order(sc)
+    write = pa.reshape_and_cache if layout == "vllm" else pa.reshape_and_cache_flash
+    write(k.to(dtype).to(device), v.to(dtype).to(device), kc, vc, sc.slot_mapping.to(device), kv, ks, vs)
+    return kc, vc
+
+
+PAGED_CASES = [  # (api, layout, block size, head size, dtype, (hq, hk), seq lens, alibi, fp8 storage)
+    ("v1", "vllm", 16, 128, torch.bfloat16, (32, 8), [1, 100, 1000, 3000], False, None),
+    ("v1", "vllm", 8, 64, torch.float16, (8, 8), [37, 513], True, None),
+    ("v1", "vllm", 32, 256, torch.bfloat16, (16, 2), [700, 64, 1], False, None),
+    ("v2", "vllm", 16, 128, torch.float16, (8, 2), [1100, 9, 2048], False, None),
+    ("v1", "vllm", 16, 128, torch.bfloat16, (8, 2), [300, 33], False, torch.uint8),
+    ("flash", "flash", 16, 128, torch.bfloat16, (32, 8), [1, 100, 1000, 3000], False, None),
+    ("flash", "flash", 256, 128, torch.bfloat16, (64, 1), [2000, 5], False, None),  # GQA 64: 4 head chunks
+    ("flash", "flash", 48, 80, torch.float16, (6, 2), [129, 64, 3], True, None),  # rows of 16, head size 80
+    ("flash", "flash", 12, 256, torch.bfloat16, (4, 2), [400, 7], False, None),  # page rows of 1
+    ("flash", "flash", 16, 64, torch.float16, (8, 2), [260, 17], False, torch.float8_e4m3fn),
+    ("flash", "flash", 16, 72, torch.float16, (4, 2), [90, 30], False, None),  # head size 72: the torch path
+]
+
+
+def paged_correctness(pa, device, label) -> list[dict]:
+    """Every op (reshape_and_cache[_flash], v1, v2, flash decode) on fresh random inputs vs float64, plus the cache
+    bytes vs the torch path, plus device-side index checking (NaN row, error at the next call)."""
+    ref = _paged_ref()
+    rows = []
+
+    def record(name, fn):
+        try:
+            ok, errs = fn()
+        except Exception as e:
+            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
+        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+
+    def decode_case(api, layout, bs, d, dt, heads, lens, alibi, storage):
+        hq, hk = heads
+        g = torch.Generator().manual_seed(bs * 31 + d + hq + len(lens))
+        sc = ref.make_scenario(lens, hk, d, bs, shared_prefix=1, generator=g)
+        kv, ks, vs = ("fp8", 0.05, 0.02) if storage is not None else ("auto", 1.0, 1.0)
+        kc, vc = _paged_caches(pa, ref, sc, layout, bs, dt, device, storage, kv, ks, vs)
+        q = torch.randn(len(lens), hq, d, generator=g).to(dt)
+        qd = q.to(device)
+        bt, sl = sc.block_tables.to(device), sc.seq_lens.to(device)
+        slopes = torch.linspace(0.02, 0.3, hq) if alibi else None
+        sd = slopes.to(device) if alibi else None
+        scale = d ** -0.5
+        poison(device)
+        out = torch.full_like(qd, float("nan"))
+        if api == "flash":
+            pa.paged_attention_flash(out, qd, kc, vc, bt, sl, scale, max(lens), sd, kv, ks, vs)
+        elif api == "v1":
+            pa.paged_attention_v1(out, qd, kc, vc, hk, scale, bt, sl, bs, max(lens), sd, kv, ks, vs)
+        else:
+            parts = -(-max(lens) // pa.PARTITION_SIZE)
+            es = torch.full((len(lens), hq, parts), float("nan"), device=device)
+            ml = torch.full_like(es, float("nan"))
+            tmp = torch.full((len(lens), hq, parts, d), float("nan"), device=device, dtype=dt)
+            pa.paged_attention_v2(out, es, ml, tmp, qd, kc, vc, hk, scale, bt, sl, bs, max(lens), sd, kv, ks, vs)
+        pa.check_errors()
+        if storage is not None:
+            kr = lambda x: ref.fp8_round(x.to(dt).double(), ks)  # noqa: E731
+            vr = lambda x: ref.fp8_round(x.to(dt).double(), vs)  # noqa: E731
+        else:
+            kr = vr = lambda x: x.to(dt).double()  # noqa: E731
+        want = ref.decode_ref(q, sc, scale, alibi=slopes, kv_round=(kr, vr))
+        got = out.double().cpu()
+        rel = float((got - want).norm() / want.norm()) if not torch.isnan(got).any() else float("nan")
+        return rel <= TOL_PAGED[dt], {"rel": rel, "backend": pa.backend_for(qd)}
+
+    for case in PAGED_CASES:
+        api, layout, bs, d, dt, heads, lens, alibi, storage = case
+        name = (f"paged {api} {layout} bs{bs} d{d} {str(dt).split('.')[-1]} h{heads[0]}/{heads[1]} max{max(lens)}"
+                f"{' alibi' if alibi else ''}{' fp8' if storage is not None else ''}")
+        record(name, lambda c=case: decode_case(*c))
+
+    def cache_bytes(layout, kv):
+        g = torch.Generator().manual_seed(3)
+        hk, d, bs, nb = 4, 128, 16, 64
+        key = (torch.randn(300, hk, d, generator=g) * 40).to(torch.bfloat16).to(device)
+        value = torch.randn(300, hk, d, generator=g).to(torch.bfloat16).to(device)
+        slots = torch.randperm(nb * bs, generator=g)[:300].to(device)
+        slots[::9] = -1
+        sc = type("S", (), {"keys": [torch.zeros(1, hk, d)], "num_blocks": nb})()
+        make = ref.vllm_caches if layout == "vllm" else ref.flash_caches
+        write = pa.reshape_and_cache if layout == "vllm" else pa.reshape_and_cache_flash
+        a = make(sc, bs, torch.bfloat16, device=device, fp8=kv != "auto")
+        b = make(sc, bs, torch.bfloat16, device=device, fp8=kv != "auto")
+        write(key, value, *a, slots, kv, 0.3, 0.05)
+        torch_impl = importlib.import_module(pa.__name__ + "._torch_impl")
+        geom_of = importlib.import_module(pa.__name__ + "._validate")
+        geom = (geom_of.vllm_geometry if layout == "vllm" else geom_of.flash_geometry)(*b, kv, torch.bfloat16)
+        torch_impl.write_slots(key, value, *b, geom, slots, 0.3, 0.05)
+        same = all(torch.equal(x.view(torch.uint8), y.view(torch.uint8)) for x, y in zip(a, b))
+        return same, {"bitwise_equal_to_torch_path": same}
+
+    for layout in ("vllm", "flash"):
+        for kv in ("auto", "fp8"):
+            record(f"paged reshape_and_cache {layout} {kv} bytes", lambda layout=layout, kv=kv: cache_bytes(layout, kv))
+
+    def bad_block():
+        g = torch.Generator().manual_seed(9)
+        sc = ref.make_scenario([40, 50, 20], 2, 64, 16, generator=g)
+        kc, vc = _paged_caches(pa, ref, sc, "flash", 16, torch.float16, device, None, "auto", 1.0, 1.0)
+        q = torch.randn(3, 8, 64, generator=g).half().to(device)
+        bt = sc.block_tables.to(device)
+        bt[1, 2] = 10 ** 6
+        out = torch.full_like(q, 7.0)
+        pa.set_validation("device")
+        pa.paged_attention_flash(out, q, kc, vc, bt, sc.seq_lens.to(device), 0.125, 50)
+        torch.cuda.synchronize()
+        nan_row = bool(torch.isnan(out[1]).all()) and bool(torch.isfinite(out[0]).all())
+        try:
+            pa.paged_attention_flash(torch.empty_like(q), q, kc, vc, sc.block_tables.to(device),
+                                     sc.seq_lens.to(device), 0.125, 50)
+            raised = ""
+        except ValueError as e:
+            raised = str(e)
+        ok = nan_row and "block_tables[1, 2] = 1000000 is out of range" in raised
+        return ok, {"nan_row": nan_row, "error": raised[:160]}
+
+    record("paged bad block id (device check)", bad_block)
+    return rows
+
+
+def paged_timings(mods: dict, device) -> list[dict]:
+    rows = []
+    ref = _paged_ref()
+    b, hq, hk, d, ctx, bs = 4, 32, 8, 128, 1024, 16
+    g = torch.Generator().manual_seed(0)
+    for label, pa in mods.items():
+        sc = ref.make_scenario([ctx - 8] * b, hk, d, bs, generator=g)
+        kc, vc = _paged_caches(pa, ref, sc, "flash", bs, torch.bfloat16, device, None, "auto", 1.0, 1.0)
+        kv5, vv5 = _paged_caches(pa, ref, sc, "vllm", bs, torch.bfloat16, device, None, "auto", 1.0, 1.0)
+        q = torch.randn(b, hq, d, device=device, dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        bt, sl = sc.block_tables.to(device), sc.seq_lens.to(device)
+        kn = torch.randn(b, hk, d, device=device, dtype=torch.bfloat16)
+        slots = sc.slot_mapping[:b].to(device)
+        flash = host_us(lambda: pa.paged_attention_flash(out, q, kc, vc, bt, sl, d ** -0.5, ctx))
+        v1 = host_us(lambda: pa.paged_attention_v1(out, q, kv5, vv5, hk, d ** -0.5, bt, sl, bs, ctx, None, "auto",
+                                                   1.0, 1.0))
+        pa.set_validation("off")  # the cache write's host slot check is a sync; "off" times the launch path alone
+        write = host_us(lambda: pa.reshape_and_cache_flash(kn, kn, kc, vc, slots, "auto", 1.0, 1.0))
+        pa.set_validation("device")
+        rows.append({"impl": label, "backend": pa.backend_for(q), "flash_decode_us": round(flash, 1),
+                     "v1_decode_us": round(v1, 1), "cache_write_us": round(write, 1), **paged_bandwidth(pa, device)})
+        log(f"  {rows[-1]}")
+    return rows
+
+
+def paged_bandwidth(pa, device, b=64, ctx=4096, hq=32, hk=8, d=128, bs=16) -> dict:
+    """GPU time of one flash-layout decode at batch 64, context 4k (CUDA events over 50 calls, each on other pages so
+    the caches are not L2-resident), as K/V bytes read per second."""
+    nb = b * ctx // bs
+    kc = torch.randn(2 * nb, bs, hk, d, device=device, dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    tables = [torch.randperm(2 * nb, device=device)[:nb].view(b, -1).to(torch.int32) for _ in range(4)]
+    sl = torch.full((b,), ctx, dtype=torch.int32, device=device)
+    q = torch.randn(b, hq, d, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    for bt in tables:
+        pa.paged_attention_flash(out, q, kc, vc, bt, sl, d ** -0.5, ctx)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for i in range(50):
+        pa.paged_attention_flash(out, q, kc, vc, tables[i % 4], sl, d ** -0.5, ctx)
+    end.record()
+    torch.cuda.synchronize()
+    ms = start.elapsed_time(end) / 50
+    del kc, vc
+    torch.cuda.empty_cache()
+    kv_bytes = 2 * b * ctx * hk * d * 2
+    return {"b64_ctx4k_gpu_us": round(ms * 1e3, 1), "b64_ctx4k_tb_s": round(kv_bytes / (ms * 1e-3) / 1e12, 2)}
+
+
+def paged_graph(pa, device, label) -> dict:
+    """Capture one decode step (reshape_and_cache_flash of the new token + paged_attention_flash, validation
+    "device") in a CUDA graph; replay 3 steps with new q/k/v and grown lengths, check each against float64."""
+    torch.manual_seed(5)
+    b, hq, hk, d, bs, per = 2, 8, 2, 128, 16, 16
+    dt = torch.bfloat16
+    nb = b * per
+    kc = torch.randn(nb, bs, hk, d, device=device, dtype=dt)
+    vc = torch.randn_like(kc)
+    bt = torch.randperm(nb, device=device).view(b, per).to(torch.int32)
+    lens = torch.tensor([20, 100], dtype=torch.int32, device=device)
+    q = torch.randn(b, hq, d, device=device, dtype=dt)
+    kn = torch.randn(b, hk, d, device=device, dtype=dt)
+    vn = torch.randn_like(kn)
+    slots = torch.empty(b, dtype=torch.int64, device=device)
+    out = torch.empty_like(q)
+    cap = per * bs
+
+    def place():  # the new token of sequence i goes to position lens[i] - 1
+        pos = lens.long() - 1
+        slots.copy_(bt.long().gather(1, (pos // bs)[:, None])[:, 0] * bs + pos % bs)
+
+    def step():
+        pa.reshape_and_cache_flash(kn, vn, kc, vc, slots, "auto", 1.0, 1.0)
+        pa.paged_attention_flash(out, q, kc, vc, bt, lens, d ** -0.5, cap)
+
+    pa.set_validation("device")
+    place()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()  # warm-up: loads the cubins (or JIT-compiles)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(g):
+            step()
+    except Exception as e:
+        return {"impl": label, "ok": False, "error": f"capture: {type(e).__name__}: {str(e)[:300]}"}
+    worst = 0.0
+    for _ in range(3):
+        lens.add_(1)
+        place()
+        q.copy_(torch.randn_like(q))
+        kn.copy_(torch.randn_like(kn))
+        vn.copy_(torch.randn_like(vn))
+        g.replay()
+        torch.cuda.synchronize()
+        for i in range(b):
+            n = int(lens[i])
+            rows_ = bt[i].long()
+            kk = kc[rows_].reshape(-1, hk, d)[:n][None]
+            vv = vc[rows_].reshape(-1, hk, d)[:n][None]
+            if not (torch.equal(kk[0, n - 1], kn[i]) and torch.equal(vv[0, n - 1], vn[i])):
+                return {"impl": label, "ok": False, "error": "the replayed cache write did not land in its slot"}
+            ro, _ = ref_attention(q[i:i + 1, None], kk, vv, d ** -0.5, False)
+            worst = max(worst, max_err(out[i:i + 1, None], ro))
+    pa.check_errors()
+    t0 = time.perf_counter()
+    for _ in range(100):
+        g.replay()
+    torch.cuda.synchronize()
+    return {"impl": label, "ok": worst <= TOL_OUT[dt], "max_err": worst,
+            "replay_us": round((time.perf_counter() - t0) / 100 * 1e6, 1)}
+
+
+PAGED_FIRST_CALL = r"""
+import importlib.util, json, sys, time
+t0 = time.perf_counter()
+import torch
+folder = sys.argv[1]
+spec = importlib.util.spec_from_file_location("pfc_variant", folder + "/__init__.py",
+                                              submodule_search_locations=[folder])
+m = importlib.util.module_from_spec(spec); sys.modules["pfc_variant"] = m; spec.loader.exec_module(m)
+t1 = time.perf_counter()
+kc = torch.randn(64, 16, 8, 128, device="cuda", dtype=torch.bfloat16)
+bt = torch.arange(64, device="cuda", dtype=torch.int32).view(4, 16)
+sl = torch.full((4,), 200, device="cuda", dtype=torch.int32)
+q = torch.randn(4, 32, 128, device="cuda", dtype=torch.bfloat16)
+out = torch.empty_like(q)
+torch.cuda.synchronize()
+t2 = time.perf_counter()
+m.paged_attention_flash(out, q, kc, kc, bt, sl, 0.1, 256); torch.cuda.synchronize()
+t3 = time.perf_counter()
+m.paged_attention_flash(out, q, kc, kc, bt, sl, 0.1, 256); torch.cuda.synchronize()
+t4 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "first_call_s": t3 - t2, "second_call_s": t4 - t3}))
+"""
+
+
+def paged_first_call(folder: Path, label: str) -> dict:
+    """A decode in a fresh process: AOT loads its cubins, the JIT compiles with an empty Triton cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        proc = subprocess.run([sys.executable, "-c", PAGED_FIRST_CALL, str(folder)], capture_output=True, text=True,
+                              env=dict(os.environ, TRITON_CACHE_DIR=cache), timeout=300)
+    if proc.returncode != 0:
+        return {"impl": label, "error": proc.stderr.strip()[-500:]}
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = {"impl": label, **{k: round(v, 4) for k, v in out.items()}}
+    log(f"  {row}")
+    return row
+
+
+def paged_cpu_call(pa) -> str:
+    """The dry run's call: CPU tensors (the torch path in every variant)."""
+    q = torch.randn(2, 4, 64)
+    kc = torch.randn(6, 16, 2, 64)
+    out = torch.empty_like(q)
+    pa.paged_attention_flash(out, q, kc, kc, torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
+                             torch.tensor([20, 5], dtype=torch.int32), 0.125)
+    return f"ran ({pa.backend_for(q)} path, finite={bool(out.isfinite().all())})"
 
 
 # ---------------------------------------------------------------- timing, graphs, compile
@@ -634,7 +983,7 @@ def fa3_throughput(mods: dict, device) -> list[dict]:
 # ---------------------------------------------------------------- dry run (no GPU)
 
 
-def dry_run(variants: dict[str, Path], keys_module: str = "_aot_keys") -> list[dict]:
+def dry_run(variants: dict[str, Path], keys_module: str = "_aot_keys", cpu_call=None) -> list[dict]:
     rows = []
     for label, folder in variants.items():
         row = {"impl": label}
@@ -657,8 +1006,11 @@ def dry_run(variants: dict[str, Path], keys_module: str = "_aot_keys") -> list[d
                 row["size_mb"] = round(sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6, 2)
             q = torch.randn(1, 8, 2, 64)
             try:
-                fa.flash_attn_func(q.half(), q.half(), q.half()) if hasattr(fa, "flash_attn_func") else None
-                row["cpu_call"] = "ran"
+                if cpu_call is not None:
+                    row["cpu_call"] = cpu_call(fa)
+                else:
+                    fa.flash_attn_func(q.half(), q.half(), q.half()) if hasattr(fa, "flash_attn_func") else None
+                    row["cpu_call"] = "ran"
             except Exception as e:  # the clean error this variant gives on a CPU-only machine
                 row["cpu_call"] = f"{type(e).__name__}: {str(e)[:160]}"
         except Exception as e:
@@ -678,25 +1030,37 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or "gpu_check_out"))
     ap.add_argument("--dry-run", action="store_true", help="no GPU: import, coverage and error checks only")
     ap.add_argument("--quick", action="store_true", help="fewer forward cases")
+    ap.add_argument("--kernels", default="flash-attn2,sliding-window,paged-attention,flash-attn3",
+                    help="comma list of the kernels to check (default: all four)")
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="skip the remaining sections (saying so) once this much time has passed")
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    variants = find_variants(args.variants)
-    sw_variants = find_variants(args.variants, "sliding-window")
-    fa3_variants = {f"flash-attn3 {k}": v for k, v in find_variants(args.variants, "flash-attn3").items()}
+    wanted = {k.strip() for k in args.kernels.split(",") if k.strip()}
+    known = {"flash-attn2", "sliding-window", "paged-attention", "flash-attn3"}
+    if wanted - known:
+        ap.error(f"--kernels: unknown {sorted(wanted - known)}; valid: {', '.join(sorted(known))}")
+    variants = find_variants(args.variants) if "flash-attn2" in wanted else {}
+    sw_variants = find_variants(args.variants, "sliding-window") if "sliding-window" in wanted else {}
+    pa_variants = find_variants(args.variants, "paged-attention") if "paged-attention" in wanted else {}
+    fa3_variants = ({f"flash-attn3 {k}": v for k, v in find_variants(args.variants, "flash-attn3").items()}
+                    if "flash-attn3" in wanted else {})
     log(f"gpu_check: torch {torch.__version__}, flash-attn2 variants {sorted(variants)}, sliding-window variants "
-        f"{sorted(sw_variants)}, flash-attn3 variants {sorted(fa3_variants)} under {args.variants}")
+        f"{sorted(sw_variants)}, paged-attention variants {sorted(pa_variants)}, flash-attn3 variants "
+        f"{sorted(fa3_variants)} under {args.variants}")
     result: dict = {"torch": torch.__version__,
                     "variants": {k: str(v) for k, v in {**variants, **fa3_variants}.items()}}
     gpu = torch.cuda.is_available() and not args.dry_run
-    if not variants:
+    if not variants and "flash-attn2" in wanted:
         log("no flash-attn2 CUDA variants found; build them first (see the README's GPU check section)")
     if not gpu:
         log("dry run: no GPU in use; skipping correctness, timing, first-call, CUDA graph and torch.compile checks")
-        result["dry_run"] = (dry_run(variants) + dry_run({f"sliding-window {k}": v for k, v in sw_variants.items()},
-                                                          keys_module="_aot_keys") + dry_run(fa3_variants))
+        result["dry_run"] = (dry_run(variants)
+                             + dry_run({f"sliding-window {k}": v for k, v in sw_variants.items()})
+                             + dry_run({f"paged-attention {k}": v for k, v in pa_variants.items()},
+                                       cpu_call=paged_cpu_call)
+                             + dry_run(fa3_variants))
         ok = all(r.get("imported") and not r.get("missing")
                  and not ("aot" in r["impl"] and r.get("imports_triton")) for r in result["dry_run"])
     else:
@@ -729,25 +1093,40 @@ def main(argv=None) -> int:
         result["correctness"] = section("correctness", lambda: [
             r for label, fa in mods.items() for r in correctness(fa, device, label, quick=args.quick)])
         sw_mods = {}
-        for label, folder in find_variants(args.variants, "sliding-window").items():
+        for label, folder in sw_variants.items():
             try:
                 sw_mods[f"sliding-window {label}"] = load_variant(folder)
             except Exception:
                 log(f"import of sliding-window {label} failed:\n{traceback.format_exc()}")
         result["correctness"] += section("sliding-window correctness", lambda: [
             r for label, sw in sw_mods.items() for r in sliding_window_correctness(sw, device, label)])
+        pa_mods = {}
+        for label, folder in pa_variants.items():
+            try:
+                pa_mods[f"paged-attention {label}"] = load_variant(folder)
+            except Exception:
+                log(f"import of paged-attention {label} failed:\n{traceback.format_exc()}")
+        result["correctness"] += section("paged-attention correctness", lambda: [
+            r for label, pa in pa_mods.items() for r in paged_correctness(pa, device, label)])
         result["correctness"] += section("flash-attn3 correctness", lambda: [
             r for label, fa in fa3_mods.items()
             for r in correctness(fa, device, label, quick=args.quick) + fa3_layout_cases(fa, device, label)])
         result["timing"] = section("host time per call", lambda: timings(mods, device)
                                    + timings(fa3_mods, device, with_sdpa=False))
+        result["paged_timing"] = section("paged-attention host time per call", lambda: paged_timings(pa_mods, device))
+        result["sliding_window_timing"] = section("sliding-window ring decode host time per call",
+                                                  lambda: sliding_window_timings(sw_mods, device))
         result["fa3_throughput"] = section("flash-attn3 prefill device time (AOT tl+TMA vs JIT Gluon)",
                                            lambda: fa3_throughput(fa3_mods, device))
         result["first_call"] = section("first call in a fresh process", lambda: [
             first_call({**variants, **fa3_variants}[label], label) for label in [*mods, *fa3_mods]])
+        result["first_call"] += section("paged-attention first call in a fresh process", lambda: [
+            paged_first_call(pa_variants[label.removeprefix("paged-attention ")], label) for label in pa_mods])
         result["graph"] = section("CUDA graph decode step (flash-attn3: and dense forward)", lambda: [
             graph_decode(fa, device, label) for label, fa in {**mods, **fa3_mods}.items()]
             + [graph_dense(fa, device, label) for label, fa in fa3_mods.items()])
+        result["graph"] += section("paged-attention CUDA graph decode step",
+                                   lambda: [paged_graph(pa, device, label) for label, pa in pa_mods.items()])
         result["compile"] = section("torch.compile(fullgraph=True)", lambda: [
             compiled(fa, device, label) for label, fa in {**mods, **fa3_mods}.items()])
         ok = bool(result["correctness"]) and all(
@@ -790,6 +1169,15 @@ def summary(result: dict) -> str:
                      f"{t.get('prefill128_us', '-'):>11} {t.get('submit_decode_us', '-'):>10} "
                      f"{t.get('submit_dense_decode_us', '-'):>9} {first.get(impl, {}).get('first_call_s', '-'):>11} "
                      f"{str(graph.get(impl, {}).get('ok', '-')):>6} {str(comp.get(impl, {}).get('ok', '-')):>8}")
+    for r in result.get("paged_timing") or []:
+        g = graph.get(r["impl"], {})
+        lines.append(f"  {r['impl']:<50} host us/call: flash decode {r['flash_decode_us']}, v1 {r['v1_decode_us']}, "
+                     f"cache write {r['cache_write_us']} ({r['backend']} path); B64 ctx4k decode "
+                     f"{r.get('b64_ctx4k_gpu_us')} us GPU = {r.get('b64_ctx4k_tb_s')} TB/s; graph {g.get('ok', '-')} "
+                     f"replay {g.get('replay_us', '-')} us; first call "
+                     f"{first.get(r['impl'], {}).get('first_call_s', '-')} s")
+    for r in result.get("sliding_window_timing") or []:
+        lines.append(f"  {r['impl']:<50} host us/call: ring decode {r['ring_decode_us']}")
     return "\n".join(lines)
 
 

@@ -152,25 +152,35 @@ def _package_module(folder: Path, name: str):
     return mod
 
 
-NOARCH_AOT = {  # [torch-noarch] repos with aot.toml: repo -> what a CPU-only import of the variant must say
-    "sliding-window": None,
-    "flash-attn3": "flash-attn3 runs on CUDA (sm90) tensors only",
+NOARCH_CPU_CALL = {  # a CPU call through the variant's public API (the torch path), and what it must print
+    "sliding-window": ("q = torch.randn(1, 40, 2, 64)\n"
+                       "print('cpu ok', bool(m.sliding_window_attn_func(q, q, q, 16).isfinite().all()))"),
+    "paged-attention": ("q = torch.randn(2, 4, 64); kc = torch.randn(6, 16, 2, 64)\n"
+                        "bt = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32)\nout = torch.empty_like(q)\n"
+                        "m.paged_attention_flash(out, q, kc, kc, bt, torch.tensor([20, 5], dtype=torch.int32), 0.125)\n"
+                        "print('cpu ok', bool(out.isfinite().all()), m.backend_for(q))\n"
+                        "from importlib import import_module\n"
+                        "tbl = import_module(m.__name__ + '._aot_dispatch').table()\n"
+                        "print('table', type(tbl).__name__, len(tbl.entries))"),
+    "flash-attn3": None,  # CUDA (sm90) only: a CPU call is refused, see NOARCH_REFUSAL
 }
+NOARCH_REFUSAL = {"flash-attn3": "flash-attn3 runs on CUDA (sm90) tensors only"}
 
 
-@pytest.mark.parametrize("name", sorted(NOARCH_AOT))
-def test_noarch_repo_aot_variant(tmp_path, name):
-    """A [torch-noarch] repo with aot.toml: the stable-ABI variant is cubins + launcher, checked like
-    flash-attn2's. flash-attn3's dense forward cubins carry their TMA descriptors' global scratch."""
+@pytest.mark.parametrize("repo", sorted(NOARCH_CPU_CALL))
+def test_noarch_repo_aot_variant(tmp_path, repo):
+    """A [torch-noarch] repo with aot.toml: the stable-ABI variant is cubins + launcher, checked like flash-attn2's;
+    on this GPU-less machine it imports, serves CPU tensors (torch path) or refuses them by name, and names the
+    missing driver. flash-attn3's dense forward cubins carry their TMA descriptors' global scratch."""
     from kernel_loader.build import build_variant
     from kernel_loader.build.aot import load_aot_config
     from kernel_loader.build.aot.resources import table_usage
 
     python = _cuda_python()
     assert python is not None
-    kernel_dir = FLASH_ATTN2_DIR.parent / name
-    aot = load_aot_config(kernel_dir)
-    r = build_variant(kernel_dir, out_dir=tmp_path, variant=VARIANTS[-1], python=python, progress=lambda _m: None)
+    kdir = FLASH_ATTN2_DIR.parent / repo
+    aot = load_aot_config(kdir)
+    r = build_variant(kdir, out_dir=tmp_path, variant=VARIANTS[-1], python=python, progress=lambda _m: None)
     keys = _package_module(r.path, "_aot_keys")
     table = json.loads((r.path / "cubins" / "table.json").read_text())
     assert {(e["arch"], e["key"]) for e in table["entries"]} == {(a, k) for a in aot.archs for k in keys.all_keys()}
@@ -181,13 +191,11 @@ def test_noarch_repo_aot_variant(tmp_path, name):
     assert not [f for f in aot.exclude if (r.path / f).exists()] and r.size_bytes < BUDGET
     for py in r.path.rglob("*.py"):
         assert not re.search(r"^\s*(import triton|from triton)", py.read_text(), re.M), py.name
-    if name == "flash-attn3":
+    if repo == "flash-attn3":
         meta = json.loads((r.path / "metadata.json").read_text())
         assert meta["backend"] == {"type": "cuda", "archs": ["9.0"]} and r.ops == ("driver_version", "launch", "load")
         scratch = {e["key"]: e.get("global_scratch") for e in table["entries"]}
-        assert all((v == [384, 128]) == k.startswith(("fwd/dense/", "fwd_short/dense/")) for k, v in scratch.items())
-    refusal = NOARCH_AOT[name]
-    if refusal:
+        assert all((v == [384, 128]) == k.startswith("fwd/dense/") for k, v in scratch.items())
         code = f"""
 import importlib.util, sys, torch
 folder = {str(r.path)!r}
@@ -202,4 +210,50 @@ except ValueError as e:
 """
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "devices ('cuda',)" in proc.stdout and refusal in proc.stdout
+        assert "devices ('cuda',)" in proc.stdout and NOARCH_REFUSAL[repo] in proc.stdout
+        return
+    print(f"{repo} {r.variant}: {len(table['entries'])} cubins, {r.size_bytes / 1e6:.1f} MB")
+    code = f"""
+import importlib, importlib.util, sys, torch
+folder = {str(r.path)!r}
+spec = importlib.util.spec_from_file_location("noarch_aot", folder + "/__init__.py",
+                                              submodule_search_locations=[folder])
+m = importlib.util.module_from_spec(spec); sys.modules["noarch_aot"] = m; spec.loader.exec_module(m)
+{NOARCH_CPU_CALL[repo]}
+ops = importlib.import_module("noarch_aot._ops").ops
+try:
+    ops.driver_version(torch.empty(0, dtype=torch.uint8)); print("driver found")
+except RuntimeError as e:
+    print("driver error", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "cpu ok True" in proc.stdout
+    assert "driver found" in proc.stdout or "cannot load the CUDA driver library libcuda.so.1" in proc.stdout
+    if repo == "paged-attention":
+        assert "cpu ok True torch" in proc.stdout and f"table CubinTable {len(table['entries'])}" in proc.stdout
+
+
+def test_paged_attention_variants_publish_and_resolve_with_the_stock_client(tmp_path, local_hub, session_env_trust):
+    """One build of paged-attention gives the noarch variants and the three stable-ABI AOT variants (one cubin
+    compile, shared); published to the local Hub they resolve through the stock kernels client: the CPU variant is
+    accepted here, the CUDA ones are listed and rejected (no GPU)."""
+    import kernels
+    from kernels.variants import VariantAccepted
+
+    from kernel_loader.build import build_variants
+    from kernel_loader.publish import publish_local
+
+    python = _cuda_python()
+    assert python is not None
+    root = tmp_path / "repo"
+    wanted = VARIANTS + ["torch-cuda", "torch-cpu"]
+    results = build_variants(FLASH_ATTN2_DIR.parent / "paged-attention", wanted, out_dir=root / "build",
+                             progress=lambda _m: None, python=[python])
+    assert {r.variant for r in results if hasattr(r, "library") or r.variant.startswith("torch-c")} == set(wanted)
+    repo = "kernels-community/paged-attention-aot-test"
+    publish_local(root, repo, local_hub.root, 1, allow_dirty=True)
+    decisions = {d.variant.variant_str: d for d in kernels.get_kernel_variants(repo, version=1)}
+    assert set(wanted) <= set(decisions)
+    accepted = {v for v, d in decisions.items() if isinstance(d, VariantAccepted)}
+    assert accepted and accepted <= {"torch-cpu"}, accepted

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import assume, given, settings, strategies as st  # noqa: E402
 
 try:
     import tomllib
@@ -194,16 +194,146 @@ def test_misaligned_inputs_are_copied_to_meet_the_cubins_assumptions():
     assert torch.equal(fixed, odd)
 
 
-def test_sliding_window_spec_compiles_every_key_its_dispatch_asks_for():
+NOARCH_AOT = {"sliding-window": "sliding_window", "paged-attention": "paged_attention"}
+
+
+@pytest.mark.parametrize("repo", sorted(NOARCH_AOT))
+def test_noarch_repo_spec_compiles_every_key_its_dispatch_asks_for(repo):
+    """[torch-noarch] repos with aot.toml: stable-ABI target, the Triton module kept out, spec keys == dispatch keys."""
     pytest.importorskip("triton")
     from kernel_loader.build.aot.compile_cubins import _load_spec
 
+    kdir = FLASH_ATTN2_DIR.parent / repo
+    aot = load_aot_config(kdir)
+    assert aot.stable_abi == "2.10" and aot.exclude == ("_triton_impl.py",)
+    spec = _load_spec(str(aot.spec), str(kdir / "torch-ext" / NOARCH_AOT[repo]))
+    repo_keys = importlib.import_module(spec.KERNEL_PACKAGE + "._aot_keys")
+    tiles = tomllib.loads(aot.tiles.read_text())
+    for arch in aot.archs:
+        have = [c["key"] for c in spec.configurations(arch, tiles)]
+        assert len(have) == len(set(have)) and set(have) == set(repo_keys.all_keys()), arch
+
+
+def test_sliding_window_decode_tiles_are_the_dispatch_plans():
     sw_dir = FLASH_ATTN2_DIR.parent / "sliding-window"
-    sw_aot = load_aot_config(sw_dir)
-    assert sw_aot.stable_abi == "2.10" and sw_aot.exclude == ("_triton_impl.py",)
-    pkg = sw_dir / "torch-ext" / "sliding_window"
-    spec = _load_spec(str(sw_aot.spec), str(pkg))
-    sw_keys = importlib.import_module(spec.KERNEL_PACKAGE + "._aot_keys")
-    tiles = tomllib.loads(sw_aot.tiles.read_text())
-    for arch in sw_aot.archs:
-        assert {c["key"] for c in spec.configurations(arch, tiles)} == set(sw_keys.all_keys())
+    tiles = tomllib.loads(load_aot_config(sw_dir).tiles.read_text())
+    pkg = types.ModuleType("_sw_aot_test_pkg")
+    pkg.__path__ = [str(sw_dir / "torch-ext" / "sliding_window")]
+    sys.modules.setdefault("_sw_aot_test_pkg", pkg)
+    plan = importlib.import_module("_sw_aot_test_pkg._decode_plan")
+    for arch, rows in tiles["decode"].items():
+        assert {int(k[1:]): v["tile"] for k, v in rows.items()} == plan.TILE, arch
+    # a split never leaves a partition empty and every partition is whole tiles
+    for filled in (1, 63, 64, 65, 1000, 4096, 100_000):
+        for batch, heads, kv in ((1, 8, 8), (4, 32, 8), (64, 64, 1)):
+            p = plan.plan_ring_decode(batch, heads, kv, 128, filled, torch.device("meta"))
+            assert p.part % p.tile == 0 and (p.nparts - 1) * p.part < filled <= p.nparts * p.part
+
+
+# ---------------------------------------------------------------- paged-attention
+
+PAGED_DIR = FLASH_ATTN2_DIR.parent / "paged-attention"
+PAGED_ALIAS = "_paged_aot_test_pkg"
+
+
+def _paged_module(name: str):
+    if PAGED_ALIAS not in sys.modules:
+        pkg = types.ModuleType(PAGED_ALIAS)
+        pkg.__path__ = [str(PAGED_DIR / "torch-ext" / "paged_attention")]
+        sys.modules[PAGED_ALIAS] = pkg
+    return importlib.import_module(f"{PAGED_ALIAS}.{name}")
+
+
+def test_paged_tiles_are_the_jit_tuning_and_the_dispatch_flash_tiles():
+    pkeys, plan = _paged_module("_aot_keys"), _paged_module("_plan")
+    aot = load_aot_config(PAGED_DIR)
+    tiles = tomllib.loads(aot.tiles.read_text())
+    for arch in aot.archs:
+        for (layout, bucket), (tile, warps, stages, _) in plan.TUNING.items():
+            t = tiles["decode"][arch][f"{layout}_{bucket}"]
+            assert (t["tile"], t["num_warps"], t["num_stages"]) == (tile, warps, stages), (arch, layout, bucket)
+            if layout == "flash":
+                assert pkeys.FLASH_TILE[bucket] == tile
+    for arch, overrides in tiles.get("override", {}).items():  # per-configuration tiles name real configurations
+        assert arch in aot.archs and set(overrides) <= set(pkeys.all_keys()), arch
+    assert set(pkeys.VLLM_PAGES) == set(_paged_module("_validate").BLOCK_SIZES)
+    assert pkeys.FLASH_ROWS == plan.ROW_SIZES
+
+
+@pytest.fixture(scope="module")
+def paged_spec_keys() -> dict[str, set[str]]:
+    pytest.importorskip("triton")
+    from kernel_loader.build.aot.compile_cubins import _load_spec
+
+    aot = load_aot_config(PAGED_DIR)
+    spec = _load_spec(str(aot.spec), str(PAGED_DIR / "torch-ext" / "paged_attention"))
+    tiles = tomllib.loads(aot.tiles.read_text())
+    return {arch: {c["key"] for c in spec.configurations(arch, tiles)} for arch in aot.archs}
+
+
+paged_calls = st.fixed_dictionaries({
+    "layout": st.sampled_from(["vllm", "flash"]),
+    "vllm_bs": st.sampled_from([8, 16, 32]),
+    "flash_bs": st.integers(1, 600),
+    "head_size": st.sampled_from(range(32, 257, 8)),
+    "dtype": st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+    "kv": st.sampled_from(["auto", "fp8", "fp8_e4m3"]),
+    "storage": st.sampled_from([torch.uint8, torch.float8_e4m3fn]),
+    "heads": st.sampled_from([(8, 8), (32, 8), (6, 2), (64, 1), (40, 5)]),
+    "seqs": st.integers(1, 300),
+    "max_len": st.integers(1, 1 << 17),
+    "v2": st.booleans(),
+    "flash_view": st.booleans(),  # K/V as views into one [N, bs, 2, H, D] buffer (strides 2 * H * D)
+})
+
+
+@settings(max_examples=300, deadline=None)
+@given(call=paged_calls)
+def test_every_decode_the_validator_accepts_has_cubins_or_runs_the_torch_path(paged_spec_keys, call):
+    """Shapes and dtypes the validator accepts (meta tensors): a call either gets a key every arch compiled (decode,
+    and the merge whenever the plan splits the context), or is one of the documented torch-path classes."""
+    validate, dispatch, plan = _paged_module("_validate"), _paged_module("_aot_dispatch"), _paged_module("_plan")
+    hq, hk = call["heads"]
+    d = call["head_size"]
+    fp8 = call["kv"] != "auto"
+    store = call["storage"] if fp8 else call["dtype"]
+    q = torch.empty(call["seqs"], hq, d, dtype=call["dtype"], device="meta")
+    try:
+        kc, vc, geom, bs = _paged_caches(call, validate, hk, d, store)
+        validate.check_query(q, torch.empty_like(q), geom, hk)
+    except ValueError:  # not an input the validator accepts (e.g. an fp8 vLLM key cache of head size 40)
+        assume(False)
+    key = dispatch.decode_key(q, kc, vc, geom)
+    if key is None:  # the torch path: say why
+        assert call["dtype"] == torch.float32 or d % 16 != 0, call
+        return
+    tile = keys_tile(call["layout"], d)
+    p = plan.plan_decode(call["seqs"], hq, hk, d, call["max_len"], call["layout"], bs, tile, 4,
+                         torch.device("meta"), 512 if call["v2"] else None, call["v2"], g_chunk=16)
+    needed = [key] + ([] if p.direct else [_paged_module("_aot_keys").reduce_key(p.d_pad, key.split("/")[4])])
+    for arch, have in paged_spec_keys.items():
+        missing = [k for k in needed if k not in have]
+        assert not missing, f"sm_{arch}: no cubin for {missing} ({call})"
+    assert p.rows == int(key.split("/")[2][1:]) and p.part % p.tile == 0 and p.n_gchunks == -(-(hq // hk) // 16)
+
+
+def keys_tile(layout: str, head_size: int) -> int:
+    """The decode tile of the committed tiles (equal on every arch: test above)."""
+    return _paged_module("_plan").TUNING[(layout, _paged_module("_plan").size_key(head_size))][0]
+
+
+def _paged_caches(call, validate, hk, d, store):
+    if call["layout"] == "vllm":
+        bs = call["vllm_bs"]
+        x = 16 // torch.empty((), dtype=store).element_size()
+        kc = torch.empty(50, hk, d // x, bs, x, dtype=store, device="meta")
+        vc = torch.empty(50, hk, d, bs, dtype=store, device="meta")
+        return kc, vc, validate.vllm_geometry(kc, vc, call["kv"], call["dtype"]), bs
+    bs = call["flash_bs"]
+    if call["flash_view"]:
+        both = torch.empty(50, bs, 2, hk, d, dtype=store, device="meta")
+        kc, vc = both[:, :, 0], both[:, :, 1]
+    else:
+        kc = torch.empty(50, bs, hk, d, dtype=store, device="meta")
+        vc = torch.empty_like(kc)
+    return kc, vc, validate.flash_geometry(kc, vc, call["kv"], call["dtype"]), bs

@@ -15,7 +15,18 @@ import torch
 import paged_attention as pa
 from paged_attention import _device_check, _triton_impl
 from paged_ref import decode_ref, make_scenario, tokens_in_slot_order
-from test_paged_attention_cpu import _case, _fill
+from test_paged_attention_cpu import _case
+from test_paged_attention_cpu import _fill as _fill_with
+
+
+def _fill(*args, **kwargs):
+    """Cache writes on the torch path (the interpreter runs one program per token and head: slow); the cache-write
+    kernel has its own tests (test_paged_aot_interpret.py)."""
+    os.environ["PAGED_ATTENTION_CPU_IMPL"] = "torch"
+    try:
+        _fill_with(*args, **kwargs)
+    finally:
+        os.environ["PAGED_ATTENTION_CPU_IMPL"] = "triton"
 
 pytest.importorskip("triton")
 pytestmark = pytest.mark.skipif(torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1",
@@ -185,3 +196,31 @@ def test_validation_modes_parse():
         assert pa.validation_mode() == mode
     with pytest.raises(ValueError, match="validation mode 'sometimes' is not valid; valid: device, host, off"):
         pa.set_validation("sometimes")
+
+
+@pytest.mark.parametrize("layout,kv", [("vllm", "fp8"), ("flash", "auto")])
+def test_cache_write_kernel_matches_the_torch_path(monkeypatch, layout, kv):
+    """The JIT path's reshape_and_cache[_flash] (the cache-write kernel: no host sync for padding slots) writes the
+    same bytes as the torch index ops."""
+    from paged_ref import flash_caches, vllm_caches
+
+    g = torch.Generator().manual_seed(4)
+    hk, d, bs = 2, 64, 8
+    key, value = (torch.randn(12, hk, d, generator=g).to(F16) for _ in range(2))
+    slots = torch.randperm(5 * bs, generator=g)[:12]
+    slots[3] = -1
+    sc = type("S", (), {"keys": [torch.zeros(1, hk, d)], "num_blocks": 5})()
+    caches = vllm_caches if layout == "vllm" else flash_caches
+    write = pa.reshape_and_cache if layout == "vllm" else pa.reshape_and_cache_flash
+    seen = []
+    real = _triton_impl.write_slots
+    monkeypatch.setattr(_triton_impl, "write_slots", lambda *a, **k: (seen.append(k["check"]), real(*a, **k)))
+    out = []
+    for impl in ("triton", "torch"):
+        monkeypatch.setenv("PAGED_ATTENTION_CPU_IMPL", impl)
+        kc, vc = caches(sc, bs, F16, fp8=kv != "auto")
+        write(key, value, kc, vc, slots, kv, 0.1, 0.2)
+        out.append((kc, vc))
+    assert seen == [True]
+    for a, b in zip(*out):
+        assert torch.equal(a.view(torch.uint8), b.view(torch.uint8))

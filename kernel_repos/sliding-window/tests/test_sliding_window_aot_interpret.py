@@ -31,8 +31,10 @@ sys.path[:0] = [sys.argv[1], sys.argv[2]]
 from kernel_loader.build.aot.interpret import InterpreterTable, small_tiles
 import sliding_window as sw
 from sliding_window import _aot_dispatch, _torch_impl
-tbl = InterpreterTable(__import__("pathlib").Path(sys.argv[3]), "sliding_window",
-                       small_tiles(("prefill",), ("8.0", "9.0", "10.0")))
+import tomllib
+tiles = small_tiles(("prefill",), ("8.0", "9.0", "10.0"))
+tiles["decode"] = tomllib.loads(open(sys.argv[3] + "/aot/tiles.toml").read())["decode"]  # decode: its own test
+tbl = InterpreterTable(__import__("pathlib").Path(sys.argv[3]), "sliding_window", tiles)
 worst = 0.0
 for b, sq, sk, hq, hk, d, left, right, cap in json.loads(sys.argv[4]):
     torch.manual_seed(sq * 7 + d)

@@ -10,7 +10,8 @@
 - ``paged_attention_flash`` and ``paged_attention_varlen``: decode and multi-token (prefill chunk) attention on
   flash-layout caches [num_blocks, block_size, num_kv_heads, head_size], used by transformers' continuous batching.
 
-CUDA: Triton kernels (GQA-grouped, split-K). CPU: torch ops. Every call checks dtypes and shapes and raises
+CUDA: Triton kernels (GQA-grouped, split-K), precompiled to cubins in the torch-stable-abi210-cuXYZ variants
+(no Triton needed; head sizes that are multiples of 16), JIT in torch-cuda. CPU: torch ops. Every call checks dtypes and shapes and raises
 ``ValueError`` naming the bad one. Index values (block tables, lengths, slots): ``set_validation("device")``
 (default: the CUDA decode kernel checks them without a host sync, never reads outside the cache, and the error is
 raised by the next call or ``check_errors()``), ``"host"`` (checked before launch, one sync per call) or ``"off"``.

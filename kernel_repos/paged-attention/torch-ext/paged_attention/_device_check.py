@@ -18,7 +18,8 @@ import torch
 from ._validate import fail
 
 # report layout (int32): [kind, seq, a, b, num_blocks]; kind 1: block_tables[seq, a] = b out of range,
-# kind 2: seq_lens[seq] = a outside 0..b (b = what the block table and max_seq_len cover)
+# kind 2: seq_lens[seq] = a outside 0..b (b = what the block table and max_seq_len cover); kind 3: slot_mapping[seq]
+# = a past the cache's b slots (a cache write)
 REPORT_LEN = 8
 
 
@@ -30,6 +31,7 @@ class DeviceCheckState:
     host: torch.Tensor  # int32 [REPORT_LEN] host view read by the lazy check (== report when pinned)
     copy_after_launch: bool = False
     errors_seen: int = field(default=0)
+    cuda_report: torch.Tensor | None = None  # a CUDA tensor over the pinned report, for device-tensor-only launchers
 
     def __post_init__(self):
         self._flag = self.host.numpy()  # numpy view: reading one int costs ~0.1 us, a torch index ~2 us
@@ -42,6 +44,11 @@ class DeviceCheckState:
         """Fallback when a kernel may not write host memory: report on the device, copied back after each launch."""
         self.report = torch.zeros(REPORT_LEN, dtype=torch.int32, device=self.device)
         self.copy_after_launch = True
+        self.cuda_report = None
+
+    def kernel_report(self) -> torch.Tensor:
+        """The report buffer as a precompiled kernel's launcher takes it (a device tensor on CUDA)."""
+        return self.cuda_report if self.cuda_report is not None else self.report
 
     def pending(self) -> bool:
         return bool(self._flag[0])
@@ -64,6 +71,10 @@ class DeviceCheckState:
         self.errors_seen += 1
         where = (f"an earlier decode call on {self.device} (checked on the device, validation mode 'device'; "
                  "set_validation('host') checks before launch at one host sync per call)")
+        if kind == 3:
+            fail(f"slot_mapping[{seq}] = {a} is past the cache: it has {b} slots (num_blocks x block_size; valid "
+                 f"0..{b - 1}, or negative to skip a padding token); seen by {where.replace('decode', 'cache write')}. "
+                 "That token was not written")
         if kind == 1:
             fail(f"block_tables[{seq}, {a}] = {b} is out of range: the cache has {nblocks} blocks (valid "
                  f"0..{nblocks - 1}); seen by {where}. Nothing outside the cache was read; that call wrote NaN to "
@@ -91,6 +102,49 @@ def state_for(device: torch.device) -> DeviceCheckState:
         else:  # Triton's interpreter: plain CPU memory
             host = torch.zeros(REPORT_LEN, dtype=torch.int32)
         st = _states[key] = DeviceCheckState(key, word, host, host)
+    return st
+
+
+class _PinnedAsCuda:
+    """``__cuda_array_interface__`` of a pinned host buffer: under unified addressing its host address is also its
+    device address, so torch.as_tensor makes a CUDA tensor over the same memory (no copy)."""
+
+    def __init__(self, host: torch.Tensor):
+        self.host = host  # kept alive by the tensor made from this object
+        self.__cuda_array_interface__ = {"shape": tuple(host.shape), "typestr": "<i4", "strides": None,
+                                         "data": (host.data_ptr(), False), "version": 2}
+
+
+def device_report_for(device: torch.device) -> DeviceCheckState:
+    """The state of ``device`` for the precompiled kernels, whose launcher takes device tensors only: the pinned
+    report seen as a CUDA tensor (the kernel writes host memory directly, as in the JIT path), else a report in
+    device memory copied to pinned memory after each launch (``kernel_report()`` is the one to pass)."""
+    st = state_for(device)
+    if st.device.type == "cuda" and not st.copy_after_launch and st.cuda_report is None:
+        try:
+            alias = torch.as_tensor(_PinnedAsCuda(st.report), device=st.device)
+            ok = alias.device == st.device and alias.data_ptr() == st.report.data_ptr()
+        except Exception:  # no unified addressing / not registered: the copying fallback
+            ok = False
+        if ok:
+            st.cuda_report = alias
+        else:
+            st.use_device_report()
+    return st
+
+
+_sinks: dict[torch.device, DeviceCheckState] = {}
+
+
+def sink_for(device: torch.device) -> DeviceCheckState:
+    """Report buffers nobody reads, for kernels that always check their indices when the caller asked for no
+    report (validation "host": checked before launch; "off"): the kernel still never reads outside the cache."""
+    key = _key(device)
+    st = _sinks.get(key)
+    if st is None:
+        word = torch.zeros(1, dtype=torch.int32, device=key)
+        report = torch.zeros(REPORT_LEN, dtype=torch.int32, device=key)
+        st = _sinks[key] = DeviceCheckState(key, word, report, torch.zeros(REPORT_LEN, dtype=torch.int32))
     return st
 
 

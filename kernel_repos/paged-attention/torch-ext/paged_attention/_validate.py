@@ -7,7 +7,8 @@ Index checks (block tables, seq_lens, slot mappings) have three modes, ``set_val
 - ``"device"`` (default): the CUDA decode kernel checks its own indices (``_device_check``): no host sync, nothing
   outside the cache is read, an offending sequence's output is NaN and the error is raised by the next decode call
   on that device or by ``check_errors()``. CPU tensors and the varlen path (which reads lengths on the host anyway)
-  are checked on the host, before anything runs; so are slot mappings (cache writes are torch index ops).
+  are checked on the host, before anything runs; so are slot mappings (except under CUDA-graph capture,
+  where the cache-write kernel's own range check is what applies).
 - ``"host"``: every call reads the index tensors on the host and raises before launching (on CUDA: one small
   device->host copy, i.e. a sync, per call).
 - ``"off"``: no index-value checks (shapes and dtypes are always checked) for callers whose indices are correct by

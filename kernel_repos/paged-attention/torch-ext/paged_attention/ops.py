@@ -1,9 +1,11 @@
 """The vLLM paged-attention API (argument order and cache layouts as vLLM's ``_custom_ops``), plus a flash-layout
 decode and a varlen (prefill / multi-token) call used by transformers' continuous batching.
 
-Dispatch: CUDA tensors with float16/bfloat16 queries run the Triton kernels (``_triton_impl``); everything else
-runs the torch path (``_torch_impl``). Every call checks shapes and dtypes on the host; index values are checked
-on the device by the CUDA decode kernel (mode "device", the default), or on the host (``_validate``).
+Dispatch: CUDA tensors with float16/bfloat16 queries (keys, for the cache writes) run the precompiled cubins in the
+AOT variants (``_aot_dispatch``; decode: head sizes that are multiples of 16), the Triton kernels in the noarch
+torch-cuda variant (``_triton_impl``); everything else runs the torch path (``_torch_impl``). Every call checks
+shapes and dtypes on the host; index values are checked on the device by the CUDA kernels (mode "device", the
+default), or on the host (``_validate``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import os
 
 import torch
 
-from . import _torch_impl
+from . import _aot_dispatch, _device_check, _torch_impl
 from ._validate import (
     PARTITION_SIZE, check_kv_tokens, check_query, check_same_device, check_slots, check_tables, fail,
     flash_geometry, scale_value, validation_mode, vllm_geometry,
@@ -41,7 +43,11 @@ def _use_triton(query: torch.Tensor) -> bool:
 
 
 def backend_for(query: torch.Tensor) -> str:
-    """'triton' or 'torch': which implementation a query on this device and dtype goes to."""
+    """'aot' (precompiled cubins), 'triton' or 'torch': which implementation decode on a query of this device, dtype
+    and head size goes to (flash caches whose strides are not multiples of 16 elements run the torch path)."""
+    d = query.shape[-1]
+    if _aot_dispatch.table_for(query) is not None and d % 16 == 0 and 32 <= d <= 256:
+        return "aot"
     return "triton" if _use_triton(query) else "torch"
 
 
@@ -64,16 +70,22 @@ def _decode(out, query, key_cache, value_cache, geom, num_kv_heads, scale, block
     check_query(query, out, geom, num_kv_heads)
     check_same_device(("query", query), ("key_cache", key_cache), ("block_tables", block_tables),
                       ("seq_lens", seq_lens), ("out", out))
-    triton_path = _use_triton(query)
-    on_device = triton_path and validation_mode() == "device"  # the kernel checks its indices: no host sync
+    tbl = _aot_dispatch.table_for(query)
+    aot_key = _aot_dispatch.decode_key(query, key_cache, value_cache, geom) if tbl is not None else None
+    triton_path = aot_key is None and _use_triton(query)
+    on_device = (aot_key is not None or triton_path) and validation_mode() == "device"  # kernels check: no sync
     check_tables(block_tables, seq_lens, query.shape[0], geom, max_seq_len, values=not on_device)
     _check_alibi(alibi_slopes, query.shape[1], query.device)
     ks, vs = scale_value(k_scale, "k_scale"), scale_value(v_scale, "v_scale")
-    if triton_path:
-        from . import _device_check, _triton_impl
+    if on_device:
+        _device_check.raise_pending(query.device)  # an earlier call's report (no sync)
+    if aot_key is not None:
+        _aot_dispatch.decode(tbl, aot_key, out, query, key_cache, value_cache, geom, float(scale), block_tables,
+                             seq_lens, max_seq_len, alibi_slopes, ks, vs, partition_size, partials,
+                             mode=validation_mode())
+    elif triton_path:
+        from . import _triton_impl
 
-        if on_device:
-            _device_check.raise_pending(query.device)  # an earlier call's report (no sync)
         _triton_impl.decode(out, query, key_cache, value_cache, geom, float(scale), block_tables, seq_lens,
                             max_seq_len, alibi_slopes, ks, vs, partition_size, partials, _tuning, check=on_device)
     else:
@@ -141,7 +153,7 @@ def paged_attention_flash(out: torch.Tensor, query: torch.Tensor, key_cache: tor
     pass it when known so the context split fits the real lengths."""
     geom = flash_geometry(key_cache, value_cache, kv_cache_dtype, query.dtype)
     if max_seq_len is None:
-        if _use_triton(query) and validation_mode() == "device":  # no host sync: the table's capacity bounds it
+        if backend_for(query) != "torch" and validation_mode() == "device":  # no sync: the table's capacity bounds it
             max_seq_len = block_tables.shape[1] * geom.block_size if block_tables.dim() == 2 else 0
         else:
             max_seq_len = int(seq_lens.max()) if seq_lens.numel() else 0
@@ -210,9 +222,25 @@ def reshape_and_cache_flash(key: torch.Tensor, value: torch.Tensor, key_cache: t
 def _cache_write(key, value, key_cache, value_cache, geom, slot_mapping, k_scale, v_scale) -> None:
     check_kv_tokens(key, value, geom)
     check_same_device(("key", key), ("value", value), ("key_cache", key_cache), ("slot_mapping", slot_mapping))
-    check_slots(slot_mapping, key.shape[0], geom.num_blocks * geom.block_size)
+    capturing = key.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    tbl = _aot_dispatch.table_for(key)
+    aot_key = _aot_dispatch.cache_key(key, geom) if tbl is not None else None
+    kernel = aot_key is not None or _use_triton(key)
+    if not (capturing and kernel):  # under CUDA-graph capture the kernel's own range check is all there is
+        check_slots(slot_mapping, key.shape[0], geom.num_blocks * geom.block_size)
     ks, vs = scale_value(k_scale, "k_scale"), scale_value(v_scale, "v_scale")
-    _torch_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs)
+    on_device = kernel and validation_mode() == "device"
+    if on_device:
+        _device_check.raise_pending(key.device)
+    if aot_key is not None:
+        _aot_dispatch.write_slots(tbl, aot_key, key, value, key_cache, value_cache, geom, slot_mapping, ks, vs,
+                                  mode=validation_mode())
+    elif kernel:
+        from . import _triton_impl
+
+        _triton_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs, check=on_device)
+    else:
+        _torch_impl.write_slots(key, value, key_cache, value_cache, geom, slot_mapping, ks, vs)
 
 
 def _check_block_mapping(block_mapping: torch.Tensor, src_blocks: int, dst_blocks: int) -> torch.Tensor:

@@ -4,6 +4,9 @@ in a fixed [batch, window, kv_heads, head_dim] buffer, so memory stays O(W) howe
 Attention is order-free once positions are in the keys (RoPE is applied before caching), so the ring is read in
 slot order; a query sees exactly the last ``window`` tokens including its own (transformers' ``sliding_window``
 semantics: key j is visible from query i when i - window < j <= i).
+
+CUDA (fp16/bf16, head sizes that are multiples of 16): a split-K decode kernel over the filled slots (GQA-grouped,
+softcap), precompiled in the stable-ABI variants, Triton JIT in torch-cuda; otherwise torch ops.
 """
 
 from __future__ import annotations
@@ -12,6 +15,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from . import _aot_dispatch
+
+
+def _use_triton(q: torch.Tensor, head_dim: int) -> bool:
+    if head_dim % 16 or not 32 <= head_dim <= 256:
+        return False
+    try:
+        from . import _triton_impl  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass
@@ -74,6 +89,17 @@ def sliding_window_decode(q: torch.Tensor, cache: RingKVCache, *, softmax_scale:
         raise ValueError("sliding_window_decode: the cache is empty; append the token's K/V first")
     n = cache.filled
     scale = d ** -0.5 if softmax_scale is None else softmax_scale
+    if q.device.type == "cuda" and q.dtype != torch.float32 and cache.k.stride(-1) == 1 and cache.v.stride(-1) == 1:
+        q = q if q.stride(-1) == 1 else q.contiguous()  # the kernels read head_dim rows
+        tbl = _aot_dispatch.table()  # precompiled variants: a cubin for this GPU and head size, else the next path
+        if tbl is not None and tbl.covers(q.device):
+            out = _aot_dispatch.ring_decode(tbl, q, cache.k, cache.v, n, float(scale), float(softcap or 0.0))
+            if out is not None:
+                return out
+        if _use_triton(q, d):
+            from . import _triton_impl
+
+            return _triton_impl.ring_decode(q, cache.k, cache.v, n, float(scale), float(softcap or 0.0))
     qh = q.transpose(1, 2)  # [b, h, 1, d]
     kh, vh = cache.k[:, :n].transpose(1, 2), cache.v[:, :n].transpose(1, 2)
     if softcap > 0:
