@@ -95,6 +95,7 @@ def profile(args) -> dict:
         p["decode"] = [tuple(int(v) for v in x.lower().split("x")) for x in args.decode.split(",")]
     if args.rounds:
         p["rounds"] = args.rounds
+        p.pop("cb_rounds", None)  # one number for every workload when given
     return p
 
 

@@ -43,6 +43,8 @@ step() {  # step NAME LIMIT_S COMMAND...
   local rc=$?
   tail -25 "$WORK/logs/$name.log"
   echo "$name: rc=$rc in $(( $(date +%s) - t0 ))s" | tee -a "$summary"
+  rm -f "$WORK"/*/warm.log  # the archive is rewritten after every step: a run cut off still returns what it has
+  tar -czf "$OUT/gpu_results.tar.gz" -C "$WORK" --exclude=site .
 }
 
 for s in $steps; do
@@ -51,13 +53,13 @@ for s in $steps; do
           python3 -c "import torch,triton,sys,platform; print(torch.__version__, triton.__version__, sys.version.split()[0], platform.libc_ver())";
           python3 -c "import transformers, kernels; print(\"transformers\", transformers.__version__, \"kernels\", kernels.__version__)";
           command -v git; git --version' ;;
-    check) [ -f scripts/gpu_check.py ] && step check 340 python3 scripts/gpu_check.py --variants .gpu --out "$WORK/check" --budget-s 320 ;;
+    check) [ -f scripts/gpu_check.py ] && step check 340 python3 scripts/gpu_check.py --variants .gpu --out "$WORK/check" --budget-s ${CHECK_BUDGET_S:-320} ${CHECK_ARGS:-} ;;
     attention) step attention 150 python3 scripts/bench_attention_followup.py --out "$WORK/attention" --deadline 130 --skip-e2e ;;
     decode) step decode 110 python3 scripts/bench_decode.py --out "$WORK/decode" --quick --budget-s 80 ;;
     gluon) [ -f kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ] && \
              step gluon 330 env OUT="$WORK/gluon" python3 kernel_repos/flash-attn3/benchmarks/gpu_gluon.py ;;
     tiles) step tiles 200 python3 kernel_repos/flash-attn2/benchmarks/tile_sweep.py --out "$WORK/tiles" --budget-s ${TILES_BUDGET_S:-170} ${TILES_ARGS:-} ;;
-    model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline ${MODEL_DEADLINE_S:-230} \
+    model) [ -f scripts/bench_model.py ] && step model 260 python3 scripts/bench_model.py --device cuda --out "$WORK/model" --tag h200 --deadline ${MODEL_DEADLINE_S:-230} ${MODEL_ARGS:-} \
              $(aot=$(ls -d .gpu/flash-attn2/torch-stable-abi* 2>/dev/null | head -1); [ -n "$aot" ] && echo --kernel-path flash-attn2=$aot) ;;
     *) echo "unknown step '$s' (valid: env check attention decode gluon tiles model)"; exit 2 ;;
   esac
