@@ -113,12 +113,32 @@ def test_padding_mask_is_read_once_per_forward_and_again_when_it_changes():
     from kernel_loader.adapters.flash import _all_visible
 
     mask = torch.ones(2, 9, dtype=torch.long)
-    assert _all_visible(mask) and _all_visible(mask)
+    assert _all_visible(mask, 0) and _all_visible(mask, 1)
     mask[1, 0] = 0  # in place: the version counter moves
-    assert not _all_visible(mask)
+    assert not _all_visible(mask, 2)
     other = torch.ones(2, 9, dtype=torch.long)  # another tensor: read afresh
-    assert _all_visible(other)
-    assert not _all_visible(mask)
+    assert _all_visible(other, 0)
+    assert not _all_visible(mask, 0)
+
+
+def test_forward_memo_under_inference_mode_rereads_at_each_forwards_first_layer():
+    """Inference tensors have no version counter: a buffer refilled in place between forwards must be read again
+    (at layer 0), and within a forward (growing layer index) it is read once."""
+    from kernel_loader.adapters.memo import ForwardMemo
+
+    memo, reads = ForwardMemo(), []
+
+    def read(t):
+        reads.append(1)
+        return bool(t.all())
+
+    with torch.inference_mode():
+        buf = torch.ones(4, dtype=torch.bool)
+        assert all(memo.get(buf, layer, read) for layer in range(3)) and len(reads) == 1
+        buf[2] = False  # refilled in place between forwards: invisible to a version check
+        assert not memo.get(buf, 0, read) and len(reads) == 2
+        assert not memo.get(buf, 1, read) and len(reads) == 2
+        assert not memo.get(buf, None, read) and len(reads) == 3  # no layer index: never remembered
 
 
 def test_bench_model_dry_run_script(built_flash_attn2, tmp_path):

@@ -14,7 +14,6 @@ warning per reason.
 
 from __future__ import annotations
 
-import weakref
 from types import ModuleType
 from typing import Callable
 
@@ -25,6 +24,7 @@ from ..errors import KernelUnavailable
 from .call import UnknownAttentionArguments, normalize_paged, score_modifiers
 from .capabilities import Capabilities
 from . import routing
+from .memo import ForwardMemo
 from .notes import once
 from .sdpa import floor_attention, torch_sdpa
 
@@ -93,10 +93,10 @@ def adapt(module: ModuleType, spec, device_type: str = "cpu") -> tuple[Callable,
         if why is None and mods.any:
             why = f"{', '.join(mods.reasons)} (the kernel cannot apply it)"
         if attention_mask is None and kwargs.get("cu_seq_lens_q") is None:
-            _packed_from_position_ids(query, key, kwargs)
+            _packed_from_position_ids(query, key, kwargs, getattr(module_, "layer_idx", None))
         packed = kwargs.get("cu_seq_lens_q") is not None and kwargs.get("cu_seq_lens_k") is not None
         needs_varlen = packed or (attention_mask is not None and attention_mask.dim() == 2
-                                  and not _all_visible(attention_mask))
+                                  and not _all_visible(attention_mask, getattr(module_, "layer_idx", None)))
         if why is None and needs_varlen and kernel.varlen is None:
             why = "padding or packed sequences and the kernel has no varlen entry"
         if why is None and not packed and routing.route(query, window != (-1, -1)) is not None:
@@ -161,16 +161,12 @@ def _block_table_call(label, kernel, query, key, value, kwargs, scale, causal, w
     return out.reshape(1, n, query.shape[1], -1)
 
 
-_last_mask: list = [None, -1, False]  # the last 2-D mask seen (held: its id cannot be reused), its version, all()
+_mask_memo = ForwardMemo()
 
 
-def _all_visible(mask: torch.Tensor) -> bool:
-    """``mask.all()`` once per forward: every layer gets the same 2-D mask object, and reading it back costs a
-    device sync per layer on a GPU. Keyed on the tensor object (kept alive here, so no later tensor can take its
-    identity) and its in-place version counter."""
-    if _last_mask[0] is not mask or _last_mask[1] != mask._version:
-        _last_mask[:] = [mask, mask._version, bool(mask.all())]
-    return _last_mask[2]
+def _all_visible(mask: torch.Tensor, layer: int | None = None) -> bool:
+    """``mask.all()`` once per forward, not once per layer (see adapters.memo)."""
+    return _mask_memo.get(mask, layer, lambda m: bool(m.all()))
 
 
 def _call_varlen(kernel, q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap):
@@ -197,7 +193,7 @@ def _packed(kernel, query, key, value, kwargs, scale, causal, window, softcap):
     return out.unsqueeze(0)  # (1, total, H, D)
 
 
-def _packed_from_position_ids(query, key, kwargs) -> None:
+def _packed_from_position_ids(query, key, kwargs, layer: int | None = None) -> None:
     """Padding-free batches (batch 1, sequences packed back to back, position ids restarting at each one, no mask)
     get cu_seq_lens derived from the restarts, as transformers' own flash path does; otherwise the sequences
     would attend across each other."""
@@ -206,33 +202,29 @@ def _packed_from_position_ids(query, key, kwargs) -> None:
         return
     if pos.numel() != query.shape[2]:
         return
-    packing = _packing(pos)
+    packing = _packing(pos, layer)
     if packing is not None:
         kwargs["cu_seq_lens_q"] = kwargs["cu_seq_lens_k"] = packing[0]
         kwargs["max_length_q"] = kwargs["max_length_k"] = packing[1]
 
 
-_packing_memo: list = [None, -1, None]  # (weakref to position_ids, its version, what _packing found)
+_packing_memo = ForwardMemo()
 
 
-def _packing(pos: torch.Tensor):
+def _packing(pos: torch.Tensor, layer: int | None = None):
     """(cu_seqlens, max length) of the sequences packed in ``pos`` (ids restarting at each one), or None for one
-    sequence. Finding out syncs with the device, and every layer of a forward passes the same position_ids
-    tensor: the answer is remembered for that tensor while it is unmodified, one sync per forward, not per layer."""
-    # Inference tensors have no version counter (in-place changes cannot be seen): no memo for them.
-    version = None if pos.is_inference() else pos._version
-    ref, memo_version, found = _packing_memo
-    if version is not None and ref is not None and ref() is pos and memo_version == version:
-        return found
+    sequence. Finding out syncs with the device; every layer of a forward passes the same position_ids tensor, so
+    the answer is found once per forward (adapters.memo)."""
+    return _packing_memo.get(pos, layer, _find_packing)
+
+
+def _find_packing(pos: torch.Tensor):
     flat = pos.reshape(-1)
     starts = (flat == flat.min()).nonzero().view(-1)
-    found = None
-    if starts.numel() > 1:
-        cu = torch.cat([starts.to(torch.int32), torch.tensor([flat.numel()], dtype=torch.int32, device=pos.device)])
-        found = (cu, int(cu.diff().max()))
-    if version is not None:
-        _packing_memo[:] = [weakref.ref(pos), version, found]
-    return found
+    if starts.numel() <= 1:
+        return None
+    cu = torch.cat([starts.to(torch.int32), torch.tensor([flat.numel()], dtype=torch.int32, device=pos.device)])
+    return cu, int(cu.diff().max())
 
 
 def _cu(lengths: torch.Tensor) -> torch.Tensor:
