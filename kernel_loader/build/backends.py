@@ -83,13 +83,15 @@ def compiler_version(cxx: str) -> str:
 
 
 CUDA_SUFFIXES = (".cu",)
-# The glibc floor the ABI check enforces. Built on a glibc 2.36 / gcc 12 host, every variant references
-# __libc_single_threaded@GLIBC_2.32 (libstdc++ inline code) and the CUDA ones dlsym@GLIBC_2.34 (the stable-ABI
-# headers' version check; cudart), so the default is manylinux_2_34 and build-info/metadata record the glibc each
-# variant really needs. torch 2.13+ wheels are manylinux_2_28: build in a manylinux_2_28 image and set
-# KERNEL_LOADER_MANYLINUX=manylinux_2_28 to produce (and enforce) variants that load wherever torch does.
+# The glibc floor the ABI check enforces: manylinux_2_28, what torch 2.13+ wheels promise, so a variant loads
+# wherever torch does. Built on a newer glibc, libstdc++'s inline code references __libc_single_threaded@GLIBC_2.32
+# and cudart / the stable-ABI headers dlsym@GLIBC_2.34; our CPU variants define the former themselves
+# (csrc/cpu/glibc_compat.cpp) and the CUDA ones are AOT builds (cubins + a launcher that dlopens libcuda), which
+# reference neither. A repo whose .cu sources link cudart on such a host fails the check with the symbol named:
+# build in a manylinux_2_28 image, or set KERNEL_LOADER_MANYLINUX=manylinux_2_34 to accept (and record) the newer
+# floor. build-info and metadata record the glibc each variant really needs.
 MANYLINUX_ENV = "KERNEL_LOADER_MANYLINUX"
-DEFAULT_MANYLINUX = "manylinux_2_34"
+DEFAULT_MANYLINUX = "manylinux_2_28"
 PYTHON_ABI3 = "3.9"  # the .abi3.so suffix promises the Python stable ABI from 3.9 on
 
 
