@@ -54,10 +54,15 @@ class ScoreModifiers:
         return bool(self.reasons)
 
 
+_KNOWN = HANDLED | INERT | frozenset(SCORE_MODIFIERS)
+_NO_MODIFIERS = ScoreModifiers()
+
+
 def score_modifiers(label: str, module, kwargs: dict) -> ScoreModifiers:
     """Pop the score-changing arguments out of ``kwargs``; raise on any argument nobody here knows."""
-    unknown = sorted(n for n, v in kwargs.items()
-                     if n not in HANDLED and n not in INERT and n not in SCORE_MODIFIERS and v is not None)
+    if not kwargs.keys() - INERT - HANDLED:  # the common call (once per layer): nothing to pop or refuse
+        return _NO_MODIFIERS
+    unknown = sorted(n for n, v in kwargs.items() if n not in _KNOWN and v is not None)
     if unknown:
         shown = ", ".join(f"{n}={_describe(kwargs[n])}" for n in unknown)
         raise UnknownAttentionArguments(

@@ -28,6 +28,17 @@ def _dtypes(values) -> tuple[torch.dtype, ...]:
     return tuple(_dtype(v) for v in values)
 
 
+def _lookup(head_dims):
+    """A frozenset for the per-call membership test when the container can be listed (a tuple of 32 head dims
+    is a linear scan each call); other containers (a range, a custom object) are kept as given."""
+    if head_dims is None or isinstance(head_dims, (range, frozenset)):
+        return head_dims
+    try:
+        return frozenset(head_dims)
+    except TypeError:
+        return head_dims
+
+
 @dataclass(frozen=True)
 class Capabilities:
     devices: tuple[str, ...]
@@ -45,10 +56,10 @@ class Capabilities:
         return cls(
             devices=(devices,) if isinstance(devices, str) else tuple(devices),
             dtypes=_dtypes(supported.get("dtypes", default_dtypes)),
-            head_dims=supported.get("head_dims"),
+            head_dims=_lookup(supported.get("head_dims")),
             backward=bool(supported.get("backward", False)),
             dtypes_by_device={d: _dtypes(v) for d, v in (supported.get("dtypes_by_device") or {}).items()},
-            head_dims_by_device=dict(supported.get("head_dims_by_device") or {}),
+            head_dims_by_device={d: _lookup(v) for d, v in (supported.get("head_dims_by_device") or {}).items()},
         )
 
     def dtypes_on(self, device: str) -> tuple[torch.dtype, ...]:

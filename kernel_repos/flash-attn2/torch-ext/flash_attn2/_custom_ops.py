@@ -138,8 +138,14 @@ def _triton():
     return t
 
 
+_cpu_kernel: dict = {}  # id(ops) -> whether the build registered a CPU kernel (asked once: ~6 us per ask)
+
+
 def _need_compiled_cpu(ops):
-    if not has_kernel(ops, "fwd", "CPU"):
+    found = _cpu_kernel.get(id(ops))
+    if found is None:
+        found = _cpu_kernel[id(ops)] = has_kernel(ops, "fwd", "CPU")
+    if not found:
         raise RuntimeError("flash_attn2: this build has no compiled CPU kernel (a GPU-only variant); CPU tensors "
                            "are not supported by it")
 
