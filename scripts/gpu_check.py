@@ -263,18 +263,25 @@ def run_kvcache(fa, device, d=128, dtype=torch.bfloat16, page=None, s_new=1, cau
     return err <= TOL_OUT[dtype], {"out": err}
 
 
-def correctness(fa, device, label, quick=False) -> list[dict]:
-    rows = []
-
+def recorder(rows: list, label: str):
+    """record(case name, fn -> (ok, errors)): one result row per case, logged; a failure is a result, the run
+    goes on."""
     def record(name, fn):
         t0 = time.perf_counter()
         try:
             ok, errs = fn()
-        except Exception as e:  # a failure is a result, the run goes on
+        except Exception as e:
             ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs,
                      "seconds": round(time.perf_counter() - t0, 3)})
         log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    return record
+
+
+def correctness(fa, device, label, quick=False) -> list[dict]:
+    rows = []
+
+    record = recorder(rows, label)
 
     for c in fwd_cases()[: 4 if quick else None]:
         name = "fwd d{d} {dt} b{b} sq{sq} sk{sk} h{hq}/{hk} causal={causal} win={w} cap={cap}".format(
@@ -413,13 +420,7 @@ def paged_correctness(pa, device, label) -> list[dict]:
     ref = _paged_ref()
     rows = []
 
-    def record(name, fn):
-        try:
-            ok, errs = fn()
-        except Exception as e:
-            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
-        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    record = recorder(rows, label)
 
     def decode_case(api, layout, bs, d, dt, heads, lens, alibi, storage):
         hq, hk = heads
@@ -879,13 +880,7 @@ def fa3_layout_cases(fa, device, label) -> list[dict]:
     """The dense forward's TMA path under layouts the plain cases do not reach, against float64."""
     rows = []
 
-    def record(name, fn):
-        try:
-            ok, errs = fn()
-        except Exception as e:
-            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
-        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+    record = recorder(rows, label)
 
     def packed(d=128, dtype=torch.bfloat16, b=2, s=333, h=8, causal=True, softcap=0.0):
         torch.manual_seed(d + s)

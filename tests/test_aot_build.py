@@ -109,15 +109,16 @@ def test_launcher_abi_and_no_triton_in_the_variant(aot_variants):
         assert r.size_bytes < BUDGET
 
 
-def test_variant_imports_without_a_gpu_and_refuses_calls_cleanly(aot_variants):
-    _, built = aot_variants
+def _cpu_call_of_a_cuda_variant(folder, dtype: str = "float32") -> str:
+    """Import a CUDA-only variant folder in a fresh CPU-only process and call flash_attn_func on CPU tensors: what
+    it prints (its devices, and the error the call raised)."""
     code = f"""
 import importlib.util, sys, torch
-folder = {str(built[VARIANTS[0]].path)!r}
-spec = importlib.util.spec_from_file_location("fa2_aot", folder + "/__init__.py", submodule_search_locations=[folder])
-m = importlib.util.module_from_spec(spec); sys.modules["fa2_aot"] = m; spec.loader.exec_module(m)
+folder = {str(folder)!r}
+spec = importlib.util.spec_from_file_location("v_aot", folder + "/__init__.py", submodule_search_locations=[folder])
+m = importlib.util.module_from_spec(spec); sys.modules["v_aot"] = m; spec.loader.exec_module(m)
 print("devices", m.SUPPORTED["devices"])
-q = torch.randn(1, 8, 2, 64)
+q = torch.randn(1, 8, 2, 64, dtype=torch.{dtype})
 try:
     m.flash_attn_func(q, q, q)
 except ValueError as e:
@@ -125,8 +126,14 @@ except ValueError as e:
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "devices ('cuda',)" in proc.stdout
-    assert "this build runs on cuda tensors" in proc.stdout
+    return proc.stdout
+
+
+def test_variant_imports_without_a_gpu_and_refuses_calls_cleanly(aot_variants):
+    _, built = aot_variants
+    out = _cpu_call_of_a_cuda_variant(built[VARIANTS[0]].path)
+    assert "devices ('cuda',)" in out
+    assert "this build runs on cuda tensors" in out
 
 
 def test_published_aot_variants_resolve_with_the_stock_client(aot_variants, local_hub, session_env_trust):
@@ -196,21 +203,8 @@ def test_noarch_repo_aot_variant(tmp_path, repo):
         assert meta["backend"] == {"type": "cuda", "archs": ["9.0"]} and r.ops == ("driver_version", "launch", "load")
         scratch = {e["key"]: e.get("global_scratch") for e in table["entries"]}
         assert all((v == [384, 128]) == k.startswith("fwd/dense/") for k, v in scratch.items())
-        code = f"""
-import importlib.util, sys, torch
-folder = {str(r.path)!r}
-spec = importlib.util.spec_from_file_location("v_aot", folder + "/__init__.py", submodule_search_locations=[folder])
-m = importlib.util.module_from_spec(spec); sys.modules["v_aot"] = m; spec.loader.exec_module(m)
-print("devices", m.SUPPORTED["devices"])
-q = torch.randn(1, 8, 2, 64, dtype=torch.float16)
-try:
-    m.flash_attn_func(q, q, q)
-except ValueError as e:
-    print("error", e)
-"""
-        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        assert "devices ('cuda',)" in proc.stdout and NOARCH_REFUSAL[repo] in proc.stdout
+        out = _cpu_call_of_a_cuda_variant(r.path, "float16")
+        assert "devices ('cuda',)" in out and NOARCH_REFUSAL[repo] in out
         return
     print(f"{repo} {r.variant}: {len(table['entries'])} cubins, {r.size_bytes / 1e6:.1f} MB")
     code = f"""
