@@ -270,8 +270,9 @@ def test_stable_abi_check_flags_classic_torch_symbols(built_flash_attn2):
     report = check_library(lib, {"manylinux": "manylinux_2_28", "python_abi3": "3.9"}, variant="v")
     assert report.ok and report.glibc_required is not None
     info = json.loads((built_flash_attn2.path / "build-info.json").read_text())
-    # the default floor is torch's own (manylinux_2_28): the CPU variant loads wherever torch does
-    assert info["abi_check"]["ok"] is True and info["abi_check"]["policy"]["manylinux"] == "manylinux_2_28"
+    assert info["abi_check"]["ok"] is True and info["abi_check"]["policy"]["manylinux"]
+    # whatever the policy, the CPU variant itself needs no glibc newer than torch's own floor (2.28)
+    assert tuple(map(int, info["abi_check"]["glibc_required"].split("."))) <= (2, 28), info["abi_check"]
 
 
 # ---------------------------------------------------------------- real CUDA compiles (opt-in)

@@ -3,7 +3,7 @@
 Three checks, chosen per variant by the plan's ``abi_policy``:
 
 - manylinux (kernel-abi-check ``ObjectFile.check_manylinux``): no glibc/libstdc++ symbol versions newer than the
-  policy (``manylinux_2_28`` by default, ``KERNEL_LOADER_MANYLINUX`` to change it; see backends.DEFAULT_MANYLINUX).
+  policy (``manylinux_2_34`` by default, ``KERNEL_LOADER_MANYLINUX`` to change it; see backends.DEFAULT_MANYLINUX).
   The glibc the library actually needs is recorded in build-info.json and metadata.json either way.
 - Python abi3 (``ObjectFile.check_python_abi``): the ``.abi3.so`` name promises only limited-API Python symbols.
 - torch stable ABI (variants named ``torch-stable-abi*``): the library must reach torch only through its C shim

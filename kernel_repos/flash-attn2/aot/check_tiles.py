@@ -30,7 +30,7 @@ def main(archs):
         for d in (64, 96, 128, 256):
             only += [[arch, f"fwd/paged/d{d}/bf16/softcap"], [arch, f"fwd/varlen/d{d}/bf16/nocap"],
                      [arch, f"fwd/dense/d{d}/bf16/softcap"], [arch, f"fwd_short/paged/d{d}/bf16/softcap"],
-                     [arch, f"fwd_short/dense/d{d}/bf16/softcap"],
+                     [arch, f"fwd_short/dense/d{d}/bf16/softcap"], [arch, f"fwd_short/varlen/d{d}/bf16/softcap"],
                      [arch, f"bwd_dkdv/varlen/d{d}/bf16/softcap"], [arch, f"bwd_dq/varlen/d{d}/bf16/softcap"]]
     pick = os.environ.get("CHECK_TILES_ONLY")  # substring filter on the key, e.g. "bwd_dkdv"
     if pick:
