@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 KV_CACHE_DTYPES = ("auto", "fp8", "fp8_e4m3")
@@ -194,7 +193,11 @@ def check_tables(block_tables: torch.Tensor, seq_lens: torch.Tensor, num_seqs: i
         fail(f"seq_lens must be int32 (or int64), got {seq_lens.dtype}")
     if not values or not _validate or num_seqs == 0:
         return
-    # one device->host copy each, then numpy: torch CPU ops cost ~10 us apiece, this runs once per decode step
+    # one device->host copy each, then numpy: torch CPU ops cost ~10 us apiece, this runs once per decode step.
+    # numpy is imported here, not at module level: the build imports this package to compile the cubins, in a
+    # Python that need not have numpy (a torch wheel does not pull it in).
+    import numpy as np
+
     lens = seq_lens.detach().to("cpu", torch.int64).numpy()
     tables = block_tables.detach().cpu().numpy()
     if (lens < 0).any():
