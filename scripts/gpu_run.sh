@@ -5,6 +5,9 @@
 #
 #   scripts/gpu_run.sh [STEP ...]      steps: env check attention decode gluon tiles model (default: all but tiles)
 #   GPU_RUN_BUDGET_S=540               seconds for the whole run (steps past it are skipped and say so)
+#   CHECK_BUDGET_S, CHECK_ARGS         gpu_check's own budget and extra arguments (e.g. "--kernels paged-attention")
+#   MODEL_DEADLINE_S, MODEL_ARGS       bench_model's deadline and extra arguments (e.g. "--skip attention,prefill")
+#   TILES_BUDGET_S, TILES_ARGS         tile_sweep's budget and extra arguments (e.g. "--phases decode")
 #
 # One device call holds at most 10 minutes, so the full run is two calls:
 #   scripts/gpu_run.sh env check model          (precompiled variants: correctness, host cost; model level)
