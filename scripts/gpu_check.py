@@ -33,7 +33,6 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import math
 import os
 import subprocess
 import sys
@@ -67,6 +66,18 @@ def load_variant(folder: Path):
     sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+def import_variants(variants: dict[str, Path], prefix: str = "", wrap=lambda module: module) -> dict:
+    """{prefix + label: wrap(imported variant)}; a variant that fails to import is logged and left out (the run
+    goes on with the others)."""
+    mods = {}
+    for label, folder in variants.items():
+        try:
+            mods[prefix + label] = wrap(load_variant(folder))
+        except Exception:
+            log(f"import of {prefix}{label} failed:\n{traceback.format_exc()}")
+    return mods
 
 
 def find_variants(root: Path, name: str = "flash-attn2") -> dict[str, Path]:
@@ -1062,18 +1073,8 @@ def main(argv=None) -> int:
         device = torch.device("cuda")
         result["device"] = torch.cuda.get_device_name()
         result["capability"] = list(torch.cuda.get_device_capability())
-        mods = {}
-        for label, folder in variants.items():
-            try:
-                mods[label] = load_variant(folder)
-            except Exception:
-                log(f"import of {label} failed:\n{traceback.format_exc()}")
-        fa3_mods = {}
-        for label, folder in fa3_variants.items():
-            try:
-                fa3_mods[label] = FA3Api(load_variant(folder))
-            except Exception:
-                log(f"import of {label} failed:\n{traceback.format_exc()}")
+        mods = import_variants(variants)
+        fa3_mods = import_variants(fa3_variants, wrap=FA3Api)
         os.environ.setdefault("FLASH_ATTN_TRITON_AUTOTUNE", "0")  # the JIT: one config per family, bounded time
         skipped = result["skipped"] = []
 
@@ -1087,20 +1088,10 @@ def main(argv=None) -> int:
 
         result["correctness"] = section("correctness", lambda: [
             r for label, fa in mods.items() for r in correctness(fa, device, label, quick=args.quick)])
-        sw_mods = {}
-        for label, folder in sw_variants.items():
-            try:
-                sw_mods[f"sliding-window {label}"] = load_variant(folder)
-            except Exception:
-                log(f"import of sliding-window {label} failed:\n{traceback.format_exc()}")
+        sw_mods = import_variants(sw_variants, "sliding-window ")
         result["correctness"] += section("sliding-window correctness", lambda: [
             r for label, sw in sw_mods.items() for r in sliding_window_correctness(sw, device, label)])
-        pa_mods = {}
-        for label, folder in pa_variants.items():
-            try:
-                pa_mods[f"paged-attention {label}"] = load_variant(folder)
-            except Exception:
-                log(f"import of paged-attention {label} failed:\n{traceback.format_exc()}")
+        pa_mods = import_variants(pa_variants, "paged-attention ")
         result["correctness"] += section("paged-attention correctness", lambda: [
             r for label, pa in pa_mods.items() for r in paged_correctness(pa, device, label)])
         result["correctness"] += section("flash-attn3 correctness", lambda: [
