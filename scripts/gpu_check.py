@@ -320,52 +320,50 @@ def correctness(fa, device, label, quick=False) -> list[dict]:
 def sliding_window_correctness(sw, device, label) -> list[dict]:
     """sliding-window prefill and ring-cache decode (precompiled or JIT) against the float64 reference."""
     rows = []
+    record = recorder(rows, label)
+
+    def prefill(d, dt, b, sq, sk, hq, hk, window, causal, cap):
+        torch.manual_seed(d + sq)
+        q = torch.randn(b, sq, hq, d, device=device, dtype=dt)
+        k = torch.randn(b, sk, hk, d, device=device, dtype=dt)
+        v = torch.randn(b, sk, hk, d, device=device, dtype=dt)
+        poison(device)
+        out = sw.sliding_window_attn_func(q, k, v, window_size=window, causal=causal, softcap=cap)
+        left, right = (window - 1, 0 if causal else window - 1) if isinstance(window, int) else window
+        ref, _ = ref_attention(q, k, v, d ** -0.5, causal, (left, right), cap)
+        err = max_err(out, ref)
+        return err <= TOL_OUT[dt], {"out": err}
+
+    def ring_decode(d, dt, b, hq, hk, w, n, cap):
+        torch.manual_seed(d + w)
+        cache = sw.RingKVCache.allocate(b, w, hk, d, dtype=dt, device=device)
+        k = torch.randn(b, n, hk, d, device=device, dtype=dt)
+        v = torch.randn(b, n, hk, d, device=device, dtype=dt)
+        sw.ring_cache_append(cache, k, v)
+        q = torch.randn(b, 1, hq, d, device=device, dtype=dt)
+        poison(device)
+        out = sw.sliding_window_decode(q, cache, softcap=cap)
+        keep = min(n, w)
+        ref, _ = ref_attention(q, k[:, n - keep:], v[:, n - keep:], d ** -0.5, False, (-1, -1), cap)
+        err = max_err(out, ref)
+        return err <= TOL_OUT[dt], {"out": err}
+
     for d, dt, (b, sq, sk, hq, hk), window, causal, cap in [
             (64, torch.float16, (2, 300, 300, 8, 2), 64, True, 0.0),
             (128, torch.bfloat16, (1, 513, 513, 4, 4), 128, True, 0.0),
             (96, torch.bfloat16, (1, 200, 260, 4, 1), (50, 20), False, 30.0),
             (256, torch.float16, (1, 130, 130, 2, 2), 33, True, 0.0),
             (80, torch.bfloat16, (1, 100, 100, 2, 2), 17, True, 0.0)]:  # d80: no cubin, the torch path
-        torch.manual_seed(d + sq)
-        q = torch.randn(b, sq, hq, d, device=device, dtype=dt)
-        k = torch.randn(b, sk, hk, d, device=device, dtype=dt)
-        v = torch.randn(b, sk, hk, d, device=device, dtype=dt)
-        name = f"sw d{d} {str(dt).split('.')[-1]} window={window} causal={causal} cap={cap}"
-        try:
-            poison(device)
-            out = sw.sliding_window_attn_func(q, k, v, window_size=window, causal=causal, softcap=cap)
-            left, right = (window - 1, 0 if causal else window - 1) if isinstance(window, int) else window
-            ref, _ = ref_attention(q, k, v, d ** -0.5, causal, (left, right), cap)
-            err = max_err(out, ref)
-            ok, errs = err <= TOL_OUT[dt], {"out": err}
-        except Exception as e:
-            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
-        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+        record(f"sw d{d} {str(dt).split('.')[-1]} window={window} causal={causal} cap={cap}",
+               lambda a=(d, dt, b, sq, sk, hq, hk, window, causal, cap): prefill(*a))
     for d, dt, (b, hq, hk), w, n, cap in [
             (128, torch.bfloat16, (4, 32, 8), 4096, 5000, 0.0),  # wrapped ring, split over partitions
             (64, torch.float16, (2, 8, 2), 1024, 300, 0.0),       # not yet full
             (256, torch.bfloat16, (1, 32, 1), 512, 700, 50.0),    # MQA 32: two head chunks; softcap
             (96, torch.float16, (2, 4, 4), 64, 64, 0.0),           # head size 96 (bucket 128), one partition
             (72, torch.bfloat16, (1, 4, 2), 128, 200, 0.0)]:       # head size 72: the torch path
-        torch.manual_seed(d + w)
-        name = f"sw ring decode d{d} {str(dt).split('.')[-1]} h{hq}/{hk} W{w} tokens{n} cap={cap}"
-        try:
-            cache = sw.RingKVCache.allocate(b, w, hk, d, dtype=dt, device=device)
-            k = torch.randn(b, n, hk, d, device=device, dtype=dt)
-            v = torch.randn(b, n, hk, d, device=device, dtype=dt)
-            sw.ring_cache_append(cache, k, v)
-            q = torch.randn(b, 1, hq, d, device=device, dtype=dt)
-            poison(device)
-            out = sw.sliding_window_decode(q, cache, softcap=cap)
-            keep = min(n, w)
-            ref, _ = ref_attention(q, k[:, n - keep:], v[:, n - keep:], d ** -0.5, False, (-1, -1), cap)
-            err = max_err(out, ref)
-            ok, errs = err <= TOL_OUT[dt], {"out": err}
-        except Exception as e:
-            ok, errs = False, {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-        rows.append({"impl": label, "case": name, "ok": bool(ok), "errs": errs})
-        log(f"  [{label}] {'ok  ' if ok else 'FAIL'} {name} {errs}")
+        record(f"sw ring decode d{d} {str(dt).split('.')[-1]} h{hq}/{hk} W{w} tokens{n} cap={cap}",
+               lambda a=(d, dt, b, hq, hk, w, n, cap): ring_decode(*a))
     return rows
 
 
