@@ -19,7 +19,7 @@ import torch
 pytest.importorskip("transformers")
 
 from noarch_variant import build_noarch  # noqa: E402
-from tiny_kernels import count_module_calls  # noqa: E402
+from tiny_kernels import count_module_calls, tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGED_REPO = "kernels-community/paged-attention"
@@ -53,15 +53,6 @@ def hooked():
     api.clear_cache()
 
 
-def _tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=160, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
-    return LlamaForCausalLM(cfg).eval()
-
-
 def _prompts():
     g = torch.Generator().manual_seed(1)
     return [torch.randint(1, 160, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
@@ -81,11 +72,10 @@ def _greedy_batch(model, prompts, attn, max_new_tokens=12):
     return {i: out[k].generated_tokens for i, k in enumerate(sorted(out, key=lambda r: int(r.split("_")[-1])))}
 
 
-
 def test_paged_kernel_greedy_equals_sdpa(hooked, paged_repo):
     import kernel_loader
 
-    model = _tiny_llama()
+    model = tiny_llama()
     prompts = _prompts()
     ref = _greedy_batch(model, prompts, "sdpa")
     loaded = kernel_loader.load(PAGED_REPO)
@@ -105,7 +95,7 @@ def test_paged_kernel_greedy_equals_sdpa(hooked, paged_repo):
 def test_flash_kernel_greedy_equals_sdpa(hooked, published_flash_attn2):
     import kernel_loader
 
-    model = _tiny_llama()
+    model = tiny_llama()
     prompts = _prompts()
     ref = _greedy_batch(model, prompts, "sdpa")
     loaded = kernel_loader.load(published_flash_attn2)

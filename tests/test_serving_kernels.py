@@ -45,16 +45,6 @@ def hooked(published_serving_kernels):
     api.clear_cache()
 
 
-
-def _tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=160, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
-    return LlamaForCausalLM(cfg).eval()
-
-
 def _greedy_batch(model, prompts, attn, max_new_tokens=12):
     from transformers import ContinuousBatchingConfig, GenerationConfig
 

@@ -1,4 +1,4 @@
-"""Tiny pure-Python test kernels and repo paths, importable by name from any test module.
+"""Tiny pure-Python test kernels, a tiny Llama, and repo paths, importable by name from any test module.
 
 (Test modules must not `from conftest import ...`: several conftest.py files exist in this repo and the one
 Python finds under that name depends on collection order.)"""
@@ -87,3 +87,14 @@ def count_module_calls(module, names) -> dict[str, int]:
 
         setattr(module, n, wrapped)
     return counts
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer Llama (GQA 4/2, head dim 32, vocab 160) with seeded random weights, in eval mode."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=160, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512)
+    return LlamaForCausalLM(cfg).eval()
