@@ -120,9 +120,7 @@ def _arg_names(kernel_ref: str) -> list:
 
 def _full(sig: _Sig, kernel_ref: str) -> dict:
     """The signature of every parameter of the kernel (the default i32 made explicit)."""
-    mod, fn = kernel_ref.split(":")
-    jit = getattr(importlib.import_module(f"{KERNEL_PACKAGE}.{mod}"), fn)
-    return {n: sig[n] for n in jit.arg_names}
+    return {n: sig[n] for n in _arg_names(kernel_ref)}
 
 
 def configurations(arch: str, tiles: dict, *, kernels=("fwd", "bwd")):
